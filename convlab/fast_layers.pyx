@@ -1,0 +1,2 @@
+# cython: boundscheck=False, wraparound=False, cdivision=True
+"""Placeholder while the kernels are written."""
