@@ -1,0 +1,6 @@
+"""Classifiers following the ``params`` / ``loss(X, y=None)`` contract."""
+
+from convlab.classifiers.cnn import ThreeLayerConvNet
+from convlab.classifiers.fc_net import FullyConnectedNet, TwoLayerNet
+
+__all__ = ["FullyConnectedNet", "ThreeLayerConvNet", "TwoLayerNet"]

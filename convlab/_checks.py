@@ -1,0 +1,61 @@
+"""Input validation shared by the layers: bad input gets a clear error, never a wrong answer."""
+
+import numpy as np
+
+
+def check_float_array(x, name, ndim=None):
+    """Raise TypeError unless x is a floating-point ndarray (of ``ndim`` dims when given)."""
+    if not isinstance(x, np.ndarray):
+        raise TypeError(f"{name} must be a NumPy array, got {type(x).__name__}")
+    if x.dtype not in (np.float32, np.float64):
+        raise TypeError(f"{name} must be float32 or float64, got {x.dtype}")
+    if ndim is not None and x.ndim != ndim:
+        raise ValueError(f"{name} must be {ndim}-dimensional, got shape {x.shape}")
+
+
+def check_same_dtype(x, **arrays):
+    """Raise TypeError if any of ``arrays`` (None allowed) has a dtype other than x's."""
+    for name, a in arrays.items():
+        if a is None:
+            continue
+        if not isinstance(a, np.ndarray):
+            raise TypeError(f"{name} must be a NumPy array, got {type(a).__name__}")
+        if a.dtype != x.dtype:
+            raise TypeError(
+                f"{name} has dtype {a.dtype} but x has {x.dtype}; cast them to one dtype"
+            )
+
+
+def check_labels(y, N, C):
+    """y must be N integer labels in [0, C)."""
+    y = np.asarray(y)
+    if not np.issubdtype(y.dtype, np.integer):
+        raise TypeError(f"labels y must be integers, got dtype {y.dtype}")
+    if y.shape != (N,):
+        raise ValueError(f"labels y must have shape ({N},) to match the scores, got {y.shape}")
+    if N and (y.min() < 0 or y.max() >= C):
+        raise ValueError(f"labels y must lie in [0, {C}), got values in [{y.min()}, {y.max()}]")
+
+
+def _check_positive_int(value, name, minimum):
+    if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+
+
+def conv_output_size(H, W, HH, WW, stride, pad):
+    """(H', W') of a convolution; ValueError when the filter does not fit the padded input."""
+    _check_positive_int(stride, "conv_param['stride']", 1)
+    _check_positive_int(pad, "conv_param['pad']", 0)
+    if HH > H + 2 * pad or WW > W + 2 * pad:
+        raise ValueError(f"a {HH}x{WW} filter does not fit a {H}x{W} input padded by {pad}")
+    return 1 + (H + 2 * pad - HH) // stride, 1 + (W + 2 * pad - WW) // stride
+
+
+def pool_output_size(H, W, pool_height, pool_width, stride):
+    """(H', W') of a pooling layer; ValueError when the window does not fit the input."""
+    _check_positive_int(pool_height, "pool_param['pool_height']", 1)
+    _check_positive_int(pool_width, "pool_param['pool_width']", 1)
+    _check_positive_int(stride, "pool_param['stride']", 1)
+    if pool_height > H or pool_width > W:
+        raise ValueError(f"a {pool_height}x{pool_width} pool window does not fit a {H}x{W} input")
+    return 1 + (H - pool_height) // stride, 1 + (W - pool_width) // stride

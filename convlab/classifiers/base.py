@@ -1,0 +1,67 @@
+"""What every convlab classifier shares beyond the ``params`` / ``loss(X, y=None)`` contract:
+the arguments it was built with (so a saved model can be rebuilt without pickling code) and
+its state (parameters plus batchnorm running statistics) as a flat dict of arrays.
+"""
+
+import numpy as np
+
+from convlab._checks import check_labels
+
+
+class Classifier:
+    """Base class. Subclasses set ``self.init_args`` (JSON-serialisable constructor
+    arguments), ``self.params`` and, when they use batchnorm, ``self.bn_params`` (a list of
+    dicts holding 'running_mean' / 'running_var')."""
+
+    bn_params = ()
+
+    def state_dict(self):
+        """Parameters and batchnorm running statistics, keyed by name."""
+        state = {name: value for name, value in self.params.items()}
+        for i, bn_param in enumerate(self.bn_params):
+            for key in ("running_mean", "running_var"):
+                if bn_param.get(key) is not None:
+                    state[f"bn_params.{i}.{key}"] = bn_param[key]
+        return state
+
+    def load_state_dict(self, state):
+        """Copy arrays from ``state`` (as returned by state_dict) into this model.
+
+        Every parameter must be present with its current shape; the dtype is the model's.
+        """
+        for name, value in self.params.items():
+            if name not in state:
+                raise ValueError(f"state has no entry for parameter {name!r}")
+            if state[name].shape != value.shape:
+                raise ValueError(
+                    f"parameter {name!r} has shape {value.shape}, state has {state[name].shape}"
+                )
+            self.params[name] = np.array(state[name], dtype=value.dtype)
+        for i, bn_param in enumerate(self.bn_params):
+            for key in ("running_mean", "running_var"):
+                name = f"bn_params.{i}.{key}"
+                if name in state:
+                    bn_param[key] = np.array(state[name], dtype=self.dtype)
+
+    def _check_batch(self, X, y):
+        """Cast X to the model's dtype and validate y; X must match the input shape."""
+        X = np.asarray(X)
+        features = X.shape[1:]
+        # Fully connected models take any (N, d1, ..., dk) whose features flatten to D.
+        flat_ok = len(self.input_shape) == 1 and int(np.prod(features)) == self.input_shape[0]
+        if X.ndim < 2 or not (features == tuple(self.input_shape) or flat_ok):
+            raise ValueError(
+                f"X must have shape (N, {', '.join(map(str, self.input_shape))}), got {X.shape}"
+            )
+        if y is not None:
+            check_labels(y, X.shape[0], self.num_classes)
+        return X.astype(self.dtype, copy=False)
+
+    def _l2(self, weight_names, grads):
+        """Adds 0.5 * reg * sum(W**2) to the loss and reg * W to each weight's gradient."""
+        penalty = 0.0
+        for name in weight_names:
+            W = self.params[name]
+            penalty += 0.5 * self.reg * float(np.sum(W * W))
+            grads[name] += self.reg * W
+        return penalty

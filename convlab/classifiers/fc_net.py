@@ -1,0 +1,207 @@
+"""Fully connected networks: TwoLayerNet and FullyConnectedNet."""
+
+import numpy as np
+
+from convlab.classifiers.base import Classifier
+from convlab.layer_utils import (
+    affine_norm_relu_backward,
+    affine_norm_relu_forward,
+    affine_relu_backward,
+    affine_relu_forward,
+)
+from convlab.layers import (
+    affine_backward,
+    affine_forward,
+    dropout_backward,
+    dropout_forward,
+    softmax_loss,
+)
+
+NORMALIZATIONS = {
+    None: None,
+    "batchnorm": "batchnorm",
+    "batch_norm": "batchnorm",
+    "layernorm": "layernorm",
+    "layer_norm": "layernorm",
+}
+
+
+class TwoLayerNet(Classifier):
+    """affine - relu - affine - softmax.
+
+    Params: W1 (D, H), b1 (H,), W2 (H, C), b2 (C,); weights ~ N(0, weight_scale^2), biases 0.
+    ``seed`` seeds the weight initialisation (np.random.Generator; None draws fresh entropy).
+    """
+
+    def __init__(
+        self,
+        input_dim=3 * 32 * 32,
+        hidden_dim=100,
+        num_classes=10,
+        weight_scale=1e-3,
+        reg=0.0,
+        dtype=np.float64,
+        seed=None,
+    ):
+        self.init_args = dict(
+            input_dim=input_dim,
+            hidden_dim=hidden_dim,
+            num_classes=num_classes,
+            weight_scale=weight_scale,
+            reg=reg,
+            dtype=np.dtype(dtype).name,
+        )
+        self.input_shape = (input_dim,)
+        self.num_classes = num_classes
+        self.reg = reg
+        self.dtype = np.dtype(dtype)
+        rng = np.random.default_rng(seed)
+        self.params = {
+            "W1": (weight_scale * rng.standard_normal((input_dim, hidden_dim))).astype(dtype),
+            "b1": np.zeros(hidden_dim, dtype=dtype),
+            "W2": (weight_scale * rng.standard_normal((hidden_dim, num_classes))).astype(dtype),
+            "b2": np.zeros(num_classes, dtype=dtype),
+        }
+
+    def loss(self, X, y=None):
+        """X: (N, d1, ..., dk). Returns scores (N, C) when y is None, else (loss, grads)."""
+        X = self._check_batch(X, y)
+        p = self.params
+        hidden, hidden_cache = affine_relu_forward(X, p["W1"], p["b1"])
+        scores, scores_cache = affine_forward(hidden, p["W2"], p["b2"])
+        if y is None:
+            return scores
+
+        loss, dscores = softmax_loss(scores, y)
+        grads = {}
+        dhidden, grads["W2"], grads["b2"] = affine_backward(dscores, scores_cache)
+        _, grads["W1"], grads["b1"] = affine_relu_backward(dhidden, hidden_cache)
+        loss += self._l2(("W1", "W2"), grads)
+        return loss, grads
+
+
+class FullyConnectedNet(Classifier):
+    """{affine - [batchnorm | layernorm] - relu - [dropout]} x (L - 1) - affine - softmax.
+
+    Params: W1..WL, b1..bL, and gamma1..gamma(L-1), beta1..beta(L-1) with normalization.
+    ``dropout_keep_ratio`` (legacy keyword ``dropout``) is the keep probability; 1 disables
+    dropout. ``seed`` seeds the weight initialisation and fixes the dropout mask, which makes
+    the loss deterministic for gradient checks (leave it None to train with dropout).
+    L2 loss is 0.5 * reg * sum(W^2) over the weights only.
+    """
+
+    def __init__(
+        self,
+        hidden_dims,
+        input_dim=3 * 32 * 32,
+        num_classes=10,
+        dropout_keep_ratio=1,
+        normalization=None,
+        reg=0.0,
+        weight_scale=1e-2,
+        dtype=np.float32,
+        seed=None,
+        dropout=None,
+    ):
+        if dropout is not None:
+            dropout_keep_ratio = dropout
+        if normalization not in NORMALIZATIONS:
+            raise ValueError(
+                f"normalization must be None, 'batchnorm' or 'layernorm', got {normalization!r}"
+            )
+        if not 0 < dropout_keep_ratio <= 1:
+            raise ValueError(f"dropout_keep_ratio must be in (0, 1], got {dropout_keep_ratio}")
+        hidden_dims = [int(h) for h in hidden_dims]
+        self.init_args = dict(
+            hidden_dims=hidden_dims,
+            input_dim=input_dim,
+            num_classes=num_classes,
+            dropout_keep_ratio=dropout_keep_ratio,
+            normalization=NORMALIZATIONS[normalization],
+            reg=reg,
+            weight_scale=weight_scale,
+            dtype=np.dtype(dtype).name,
+        )
+        self.normalization = NORMALIZATIONS[normalization]
+        self.use_dropout = dropout_keep_ratio != 1
+        self.reg = reg
+        self.num_layers = 1 + len(hidden_dims)
+        self.num_classes = num_classes
+        self.input_shape = (input_dim,)
+        self.dtype = np.dtype(dtype)
+
+        rng = np.random.default_rng(seed)
+        dims = [input_dim, *hidden_dims, num_classes]
+        self.params = {}
+        for i in range(1, self.num_layers + 1):
+            fan_in, fan_out = dims[i - 1], dims[i]
+            self.params[f"W{i}"] = (weight_scale * rng.standard_normal((fan_in, fan_out))).astype(
+                dtype
+            )
+            self.params[f"b{i}"] = np.zeros(fan_out, dtype=dtype)
+            if self.normalization and i < self.num_layers:
+                self.params[f"gamma{i}"] = np.ones(fan_out, dtype=dtype)
+                self.params[f"beta{i}"] = np.zeros(fan_out, dtype=dtype)
+
+        self.dropout_param = {}
+        if self.use_dropout:
+            self.dropout_param = {"mode": "train", "p": dropout_keep_ratio}
+            if seed is not None:
+                self.dropout_param["seed"] = seed
+        self.bn_params = []
+        if self.normalization == "batchnorm":
+            self.bn_params = [{"mode": "train"} for _ in range(self.num_layers - 1)]
+        elif self.normalization == "layernorm":
+            self.bn_params = [{} for _ in range(self.num_layers - 1)]
+
+    def loss(self, X, y=None):
+        """X: (N, d1, ..., dk). Returns scores (N, C) when y is None, else (loss, grads)."""
+        X = self._check_batch(X, y)
+        mode = "test" if y is None else "train"
+        if self.use_dropout:
+            self.dropout_param["mode"] = mode
+        if self.normalization == "batchnorm":
+            for bn_param in self.bn_params:
+                bn_param["mode"] = mode
+
+        p = self.params
+        caches = []
+        h = X
+        for i in range(1, self.num_layers):
+            W, b = p[f"W{i}"], p[f"b{i}"]
+            if self.normalization:
+                h, cache = affine_norm_relu_forward(
+                    h,
+                    W,
+                    b,
+                    p[f"gamma{i}"],
+                    p[f"beta{i}"],
+                    self.bn_params[i - 1],
+                    self.normalization,
+                )
+            else:
+                h, cache = affine_relu_forward(h, W, b)
+            dropout_cache = None
+            if self.use_dropout:
+                h, dropout_cache = dropout_forward(h, self.dropout_param)
+            caches.append((cache, dropout_cache))
+        L = self.num_layers
+        scores, scores_cache = affine_forward(h, p[f"W{L}"], p[f"b{L}"])
+        if y is None:
+            return scores
+
+        loss, dscores = softmax_loss(scores, y)
+        grads = {}
+        dh, grads[f"W{L}"], grads[f"b{L}"] = affine_backward(dscores, scores_cache)
+        for i in range(L - 1, 0, -1):
+            cache, dropout_cache = caches[i - 1]
+            if self.use_dropout:
+                dh = dropout_backward(dh, dropout_cache)
+            if self.normalization:
+                dh, dW, db, dgamma, dbeta = affine_norm_relu_backward(dh, cache)
+                grads[f"gamma{i}"], grads[f"beta{i}"] = dgamma, dbeta
+            else:
+                dh, dW, db = affine_relu_backward(dh, cache)
+            grads[f"W{i}"], grads[f"b{i}"] = dW, db
+        loss += self._l2([f"W{i}" for i in range(1, L + 1)], grads)
+        return loss, grads

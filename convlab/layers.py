@@ -1,0 +1,483 @@
+"""Layers as forward/backward pairs, written so the maths stays visible.
+
+Every ``*_forward`` returns ``(out, cache)`` and its ``*_backward(dout, cache)`` returns the
+gradients with respect to the forward's inputs. Losses return ``(loss, dscores)``. Inputs keep
+their dtype: float32 in, float32 out; gradient checks run in float64.
+"""
+
+import numpy as np
+
+from convlab._checks import (
+    check_float_array,
+    check_labels,
+    check_same_dtype,
+    conv_output_size,
+    pool_output_size,
+)
+
+# ----------------------------------------------------------------------------- affine / relu
+
+
+def affine_forward(x, w, b):
+    """Fully connected layer: out = x.reshape(N, D) @ w + b.
+
+    x: (N, d1, ..., dk) with D = d1 * ... * dk; w: (D, M); b: (M,).
+    Returns out (N, M) and cache (x, w).
+    """
+    check_float_array(x, "x")
+    check_same_dtype(x, w=w, b=b)
+    N = x.shape[0]
+    D = int(np.prod(x.shape[1:]))
+    if w.ndim != 2 or w.shape[0] != D:
+        raise ValueError(f"w must have shape ({D}, M) for x of shape {x.shape}, got {w.shape}")
+    if b.shape != (w.shape[1],):
+        raise ValueError(f"b must have shape ({w.shape[1]},), got {b.shape}")
+    out = x.reshape(N, D) @ w + b
+    return out, (x, w)
+
+
+def affine_backward(dout, cache):
+    """dout: (N, M). Returns dx (x's shape), dw (D, M), db (M,)."""
+    x, w = cache
+    x_flat = x.reshape(x.shape[0], -1)  # (N, D)
+    dx = (dout @ w.T).reshape(x.shape)
+    dw = x_flat.T @ dout
+    db = dout.sum(axis=0)
+    return dx, dw, db
+
+
+def relu_forward(x):
+    """Elementwise max(0, x); the cache is x itself."""
+    check_float_array(x, "x")
+    return np.maximum(x, 0), x
+
+
+def relu_backward(dout, cache):
+    x = cache
+    return dout * (x > 0)
+
+
+def leaky_relu_forward(x, alpha=0.01):
+    """max(x, alpha * x) for 0 <= alpha < 1; cache (x, alpha)."""
+    check_float_array(x, "x")
+    if not 0 <= alpha < 1:
+        raise ValueError(f"leaky relu slope alpha must be in [0, 1), got {alpha}")
+    return np.where(x > 0, x, x * x.dtype.type(alpha)), (x, alpha)
+
+
+def leaky_relu_backward(dout, cache):
+    x, alpha = cache
+    return np.where(x > 0, dout, dout * dout.dtype.type(alpha))
+
+
+def elu_forward(x, alpha=1.0):
+    """x for x > 0, alpha * (exp(x) - 1) otherwise; cache (x, out, alpha)."""
+    check_float_array(x, "x")
+    if alpha <= 0:
+        raise ValueError(f"elu alpha must be positive, got {alpha}")
+    alpha = x.dtype.type(alpha)
+    # expm1 of the clipped input: positive x would overflow exp yet takes the other branch.
+    out = np.where(x > 0, x, alpha * np.expm1(np.minimum(x, 0)))
+    return out, (x, out, alpha)
+
+
+def elu_backward(dout, cache):
+    x, out, alpha = cache
+    # For x <= 0, d/dx alpha (e^x - 1) = alpha e^x = out + alpha.
+    return np.where(x > 0, dout, dout * (out + alpha))
+
+
+# ----------------------------------------------------------------------------- losses
+
+
+def softmax_loss(x, y):
+    """Softmax cross-entropy, averaged over the batch.
+
+    x: (N, C) scores; y: (N,) integer labels in [0, C).
+    Returns loss (float) and dx (N, C).
+    """
+    check_float_array(x, "x", ndim=2)
+    check_labels(y, x.shape[0], x.shape[1])
+    N = x.shape[0]
+    shifted = x - x.max(axis=1, keepdims=True)  # stable: exp never overflows
+    log_probs = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
+    loss = -log_probs[np.arange(N), y].mean()
+    dx = np.exp(log_probs)
+    dx[np.arange(N), y] -= 1
+    dx /= N
+    return float(loss), dx
+
+
+def svm_loss(x, y):
+    """Multiclass hinge loss with margin 1, averaged over the batch.
+
+    x: (N, C) scores; y: (N,) integer labels in [0, C).
+    Returns loss (float) and dx (N, C).
+    """
+    check_float_array(x, "x", ndim=2)
+    check_labels(y, x.shape[0], x.shape[1])
+    N = x.shape[0]
+    correct = x[np.arange(N), y][:, None]  # (N, 1)
+    margins = np.maximum(0, x - correct + 1)
+    margins[np.arange(N), y] = 0
+    loss = margins.sum() / N
+    positive = (margins > 0).astype(x.dtype)
+    positive[np.arange(N), y] = -positive.sum(axis=1)
+    return float(loss), positive / N
+
+
+# ----------------------------------------------------------------------------- normalization
+
+
+def _normalize_backward(dxhat, xhat, inv_std, axis):
+    """dx for xhat = (x - mean) * inv_std with statistics taken over ``axis``.
+
+    The closed form of the chain rule through mean and variance:
+    dx = inv_std * (dxhat - mean(dxhat) - xhat * mean(dxhat * xhat)).
+    """
+    return inv_std * (
+        dxhat
+        - dxhat.mean(axis=axis, keepdims=True)
+        - xhat * (dxhat * xhat).mean(axis=axis, keepdims=True)
+    )
+
+
+def _check_norm_params(x, gamma, beta, shape):
+    check_float_array(x, "x")
+    check_same_dtype(x, gamma=gamma, beta=beta)
+    if gamma.shape != shape or beta.shape != shape:
+        raise ValueError(
+            f"gamma and beta must have shape {shape} for x of shape {x.shape}, "
+            f"got {gamma.shape} and {beta.shape}"
+        )
+
+
+def batchnorm_forward(x, gamma, beta, bn_param):
+    """Batch normalization over the batch axis.
+
+    x: (N, D); gamma, beta: (D,); bn_param: dict with 'mode' ('train' | 'test'), optional
+    'eps' (1e-5), 'momentum' (0.9), 'running_mean', 'running_var' (D,) (created as zeros and
+    written back into bn_param). In train mode the batch statistics normalize x and update
+    running = momentum * running + (1 - momentum) * batch_stat; test mode uses the running ones.
+    Returns out (N, D) and cache (None in test mode).
+    """
+    check_float_array(x, "x", ndim=2)
+    D = x.shape[1]
+    _check_norm_params(x, gamma, beta, (D,))
+    mode = bn_param.get("mode")
+    eps = bn_param.get("eps", 1e-5)
+    momentum = bn_param.get("momentum", 0.9)
+    running_mean = bn_param.get("running_mean")
+    running_var = bn_param.get("running_var")
+    if running_mean is None:
+        running_mean = np.zeros(D, dtype=x.dtype)
+    if running_var is None:
+        running_var = np.zeros(D, dtype=x.dtype)
+    if running_mean.shape != (D,) or running_var.shape != (D,):
+        raise ValueError(f"running_mean and running_var must have shape ({D},)")
+
+    if mode == "train":
+        mean = x.mean(axis=0)
+        var = x.var(axis=0)
+        inv_std = 1 / np.sqrt(var + eps)
+        x_centered = x - mean
+        xhat = x_centered * inv_std
+        out = gamma * xhat + beta
+        running_mean = momentum * running_mean + (1 - momentum) * mean
+        running_var = momentum * running_var + (1 - momentum) * var
+        cache = (x_centered, inv_std, xhat, gamma)
+    elif mode == "test":
+        out = gamma * (x - running_mean) / np.sqrt(running_var + eps) + beta
+        cache = None
+    else:
+        raise ValueError(f"bn_param['mode'] must be 'train' or 'test', got {mode!r}")
+
+    bn_param["running_mean"] = running_mean.astype(x.dtype, copy=False)
+    bn_param["running_var"] = running_var.astype(x.dtype, copy=False)
+    return out.astype(x.dtype, copy=False), cache
+
+
+def _require_train_cache(cache):
+    if cache is None:
+        raise ValueError("backward needs the cache of a forward pass in 'train' mode")
+
+
+def batchnorm_backward(dout, cache):
+    """Backward through batchnorm one node of the computation graph at a time.
+
+    out = gamma * xhat + beta, xhat = xc * inv_std, xc = x - mean, inv_std = 1/sqrt(var + eps),
+    var = mean(xc**2). Returns dx (N, D), dgamma (D,), dbeta (D,).
+    """
+    _require_train_cache(cache)
+    x_centered, inv_std, xhat, gamma = cache
+    N = dout.shape[0]
+    dbeta = dout.sum(axis=0)
+    dgamma = (dout * xhat).sum(axis=0)
+    dxhat = dout * gamma
+    # xhat = xc * inv_std: two paths, directly and through inv_std.
+    dinv_std = (dxhat * x_centered).sum(axis=0)
+    dxc = dxhat * inv_std
+    # inv_std = (var + eps)^(-1/2)  =>  d inv_std / d var = -inv_std^3 / 2
+    dvar = -0.5 * inv_std**3 * dinv_std
+    # var = mean(xc^2)
+    dxc += 2 * x_centered * dvar / N
+    # xc = x - mean(x)
+    dx = dxc - dxc.mean(axis=0)
+    return dx, dgamma, dbeta
+
+
+def batchnorm_backward_alt(dout, cache):
+    """Backward through batchnorm in one closed-form expression (same result, fewer passes)."""
+    _require_train_cache(cache)
+    _, inv_std, xhat, gamma = cache
+    dbeta = dout.sum(axis=0)
+    dgamma = (dout * xhat).sum(axis=0)
+    dx = _normalize_backward(dout * gamma, xhat, inv_std, axis=0)
+    return dx, dgamma, dbeta
+
+
+def layernorm_forward(x, gamma, beta, ln_param):
+    """Layer normalization: each sample normalized over its features.
+
+    x: (N, D); gamma, beta: (D,); ln_param: dict with optional 'eps' (1e-5); other keys
+    are ignored. Identical in train and test. Returns out (N, D) and cache.
+    """
+    check_float_array(x, "x", ndim=2)
+    _check_norm_params(x, gamma, beta, (x.shape[1],))
+    eps = ln_param.get("eps", 1e-5)
+    mean = x.mean(axis=1, keepdims=True)  # (N, 1)
+    inv_std = 1 / np.sqrt(x.var(axis=1, keepdims=True) + eps)
+    xhat = (x - mean) * inv_std
+    out = gamma * xhat + beta
+    return out.astype(x.dtype, copy=False), (inv_std, xhat, gamma)
+
+
+def layernorm_backward(dout, cache):
+    """Returns dx (N, D), dgamma (D,), dbeta (D,)."""
+    inv_std, xhat, gamma = cache
+    dbeta = dout.sum(axis=0)
+    dgamma = (dout * xhat).sum(axis=0)
+    dx = _normalize_backward(dout * gamma, xhat, inv_std, axis=1)
+    return dx, dgamma, dbeta
+
+
+def spatial_batchnorm_forward(x, gamma, beta, bn_param):
+    """Batchnorm per channel over (N, H, W).
+
+    x: (N, C, H, W); gamma, beta: (C,); bn_param as in batchnorm_forward.
+    """
+    check_float_array(x, "x", ndim=4)
+    N, C, H, W = x.shape
+    x_rows = x.transpose(0, 2, 3, 1).reshape(-1, C)  # (N*H*W, C)
+    out_rows, cache = batchnorm_forward(x_rows, gamma, beta, bn_param)
+    out = out_rows.reshape(N, H, W, C).transpose(0, 3, 1, 2)
+    return np.ascontiguousarray(out), cache
+
+
+def spatial_batchnorm_backward(dout, cache):
+    """dout: (N, C, H, W). Returns dx (N, C, H, W), dgamma (C,), dbeta (C,)."""
+    N, C, H, W = dout.shape
+    dout_rows = dout.transpose(0, 2, 3, 1).reshape(-1, C)
+    dx_rows, dgamma, dbeta = batchnorm_backward_alt(dout_rows, cache)
+    dx = dx_rows.reshape(N, H, W, C).transpose(0, 3, 1, 2)
+    return np.ascontiguousarray(dx), dgamma, dbeta
+
+
+def spatial_groupnorm_forward(x, gamma, beta, G, gn_param):
+    """Group normalization: each sample's channels split into G groups, normalized per group.
+
+    x: (N, C, H, W) with C divisible by G; gamma, beta: (1, C, 1, 1); gn_param: dict with
+    optional 'eps' (1e-5), other keys ignored. Returns out (N, C, H, W) and cache.
+    """
+    check_float_array(x, "x", ndim=4)
+    N, C, H, W = x.shape
+    if not isinstance(G, (int, np.integer)) or G < 1 or C % G:
+        raise ValueError(f"G must be a positive integer dividing C={C}, got {G!r}")
+    _check_norm_params(x, gamma, beta, (1, C, 1, 1))
+    eps = gn_param.get("eps", 1e-5)
+    x_groups = x.reshape(N, G, -1)  # (N, G, C/G * H * W)
+    mean = x_groups.mean(axis=2, keepdims=True)
+    inv_std = 1 / np.sqrt(x_groups.var(axis=2, keepdims=True) + eps)
+    xhat = ((x_groups - mean) * inv_std).reshape(x.shape)
+    out = gamma * xhat + beta
+    return out.astype(x.dtype, copy=False), (G, inv_std, xhat, gamma)
+
+
+def spatial_groupnorm_backward(dout, cache):
+    """Returns dx (N, C, H, W), dgamma (1, C, 1, 1), dbeta (1, C, 1, 1)."""
+    G, inv_std, xhat, gamma = cache
+    N = dout.shape[0]
+    dbeta = dout.sum(axis=(0, 2, 3), keepdims=True)
+    dgamma = (dout * xhat).sum(axis=(0, 2, 3), keepdims=True)
+    dxhat = (dout * gamma).reshape(N, G, -1)
+    dx = _normalize_backward(dxhat, xhat.reshape(N, G, -1), inv_std, axis=2)
+    return dx.reshape(dout.shape), dgamma, dbeta
+
+
+# ----------------------------------------------------------------------------- dropout
+
+
+def dropout_forward(x, dropout_param):
+    """Inverted dropout: keep each unit with probability p and scale kept units by 1/p.
+
+    dropout_param: 'mode' ('train' | 'test'), 'p' (keep probability in (0, 1]), optional
+    'seed' (int): the same seed gives the same mask, drawn from its own np.random.Generator so
+    NumPy's global random state is never touched. Test mode is the identity.
+    Returns out (x's shape) and cache (dropout_param, mask).
+    """
+    check_float_array(x, "x")
+    p = dropout_param.get("p")
+    mode = dropout_param.get("mode")
+    if p is None or not 0 < p <= 1:
+        raise ValueError(f"dropout_param['p'] (keep probability) must be in (0, 1], got {p!r}")
+    if mode not in ("train", "test"):
+        raise ValueError(f"dropout_param['mode'] must be 'train' or 'test', got {mode!r}")
+    if mode == "test" or p == 1:
+        return x, (dropout_param, None)
+    rng = np.random.default_rng(dropout_param.get("seed"))
+    mask = (rng.random(x.shape) < p).astype(x.dtype) / x.dtype.type(p)
+    return x * mask, (dropout_param, mask)
+
+
+def dropout_backward(dout, cache):
+    _, mask = cache
+    return dout if mask is None else dout * mask
+
+
+# ----------------------------------------------------------------------------- convolution
+
+
+def _pad_spatial(x, pad):
+    return np.pad(x, ((0, 0), (0, 0), (pad, pad), (pad, pad)))
+
+
+def conv_forward_naive(x, w, b, conv_param):
+    """Convolution (cross-correlation), one output position at a time.
+
+    x: (N, C, H, W); w: (F, C, HH, WW); b: (F,) or None (no bias);
+    conv_param: 'stride', 'pad' (zero padding on every side).
+    Returns out (N, F, H', W') with H' = 1 + (H + 2 pad - HH) // stride, and cache.
+    """
+    check_float_array(x, "x", ndim=4)
+    check_float_array(w, "w", ndim=4)
+    check_same_dtype(x, w=w, b=b)
+    N, C, H, W = x.shape
+    F, Cw, HH, WW = w.shape
+    if Cw != C:
+        raise ValueError(f"w has {Cw} input channels but x has {C}")
+    if b is not None and b.shape != (F,):
+        raise ValueError(f"b must have shape ({F},), got {b.shape}")
+    stride, pad = conv_param["stride"], conv_param["pad"]
+    H_out, W_out = conv_output_size(H, W, HH, WW, stride, pad)
+
+    x_pad = _pad_spatial(x, pad)
+    out = np.empty((N, F, H_out, W_out), dtype=x.dtype)
+    for i in range(H_out):
+        for j in range(W_out):
+            window = x_pad[:, :, i * stride : i * stride + HH, j * stride : j * stride + WW]
+            out[:, :, i, j] = np.tensordot(window, w, axes=([1, 2, 3], [1, 2, 3]))  # (N, F)
+    if b is not None:
+        out += b[:, None, None]
+    return out, (x, w, b, conv_param)
+
+
+def conv_backward_naive(dout, cache):
+    """dout: (N, F, H', W'). Returns dx (N, C, H, W), dw (F, C, HH, WW), db (F,) or None."""
+    x, w, b, conv_param = cache
+    stride, pad = conv_param["stride"], conv_param["pad"]
+    _, _, HH, WW = w.shape
+    _, _, H_out, W_out = dout.shape
+    x_pad = _pad_spatial(x, pad)
+    dx_pad = np.zeros_like(x_pad)
+    dw = np.zeros_like(w)
+    for i in range(H_out):
+        for j in range(W_out):
+            rows = slice(i * stride, i * stride + HH)
+            cols = slice(j * stride, j * stride + WW)
+            d = dout[:, :, i, j]  # (N, F)
+            dw += np.tensordot(d, x_pad[:, :, rows, cols], axes=([0], [0]))
+            dx_pad[:, :, rows, cols] += np.tensordot(d, w, axes=([1], [0]))
+    dx = dx_pad[:, :, pad : pad + x.shape[2], pad : pad + x.shape[3]]
+    db = None if b is None else dout.sum(axis=(0, 2, 3))
+    return np.ascontiguousarray(dx), dw, db
+
+
+# ----------------------------------------------------------------------------- pooling
+
+
+def _pool_geometry(x, pool_param):
+    check_float_array(x, "x", ndim=4)
+    ph, pw, stride = pool_param["pool_height"], pool_param["pool_width"], pool_param["stride"]
+    H_out, W_out = pool_output_size(x.shape[2], x.shape[3], ph, pw, stride)
+    return ph, pw, stride, H_out, W_out
+
+
+def max_pool_forward_naive(x, pool_param):
+    """Max pooling, one output position at a time.
+
+    x: (N, C, H, W); pool_param: 'pool_height', 'pool_width', 'stride'.
+    Returns out (N, C, H', W') with H' = 1 + (H - pool_height) // stride, and cache.
+    """
+    ph, pw, stride, H_out, W_out = _pool_geometry(x, pool_param)
+    N, C = x.shape[:2]
+    out = np.empty((N, C, H_out, W_out), dtype=x.dtype)
+    for i in range(H_out):
+        for j in range(W_out):
+            window = x[:, :, i * stride : i * stride + ph, j * stride : j * stride + pw]
+            out[:, :, i, j] = window.max(axis=(2, 3))
+    return out, (x, pool_param)
+
+
+def max_pool_backward_naive(dout, cache):
+    """Routes each output gradient to the (first) maximum of its window. Returns dx."""
+    x, pool_param = cache
+    ph, pw, stride, H_out, W_out = _pool_geometry(x, pool_param)
+    N, C = x.shape[:2]
+    dx = np.zeros_like(x)
+    for i in range(H_out):
+        for j in range(W_out):
+            rows = slice(i * stride, i * stride + ph)
+            cols = slice(j * stride, j * stride + pw)
+            window = x[:, :, rows, cols].reshape(N, C, -1)
+            one_hot = np.zeros_like(window)
+            np.put_along_axis(one_hot, window.argmax(axis=2)[..., None], 1, axis=2)
+            dx[:, :, rows, cols] += (one_hot * dout[:, :, i, j][..., None]).reshape(N, C, ph, pw)
+    return dx
+
+
+def avg_pool_forward_naive(x, pool_param):
+    """Average pooling, one output position at a time; pool_param as for max pooling."""
+    ph, pw, stride, H_out, W_out = _pool_geometry(x, pool_param)
+    N, C = x.shape[:2]
+    out = np.empty((N, C, H_out, W_out), dtype=x.dtype)
+    for i in range(H_out):
+        for j in range(W_out):
+            out[:, :, i, j] = x[
+                :, :, i * stride : i * stride + ph, j * stride : j * stride + pw
+            ].mean(axis=(2, 3))
+    return out, (x.shape, x.dtype, pool_param)
+
+
+def avg_pool_backward_naive(dout, cache):
+    """Spreads each output gradient evenly over its window. Returns dx."""
+    x_shape, dtype, pool_param = cache
+    ph, pw, stride = pool_param["pool_height"], pool_param["pool_width"], pool_param["stride"]
+    dx = np.zeros(x_shape, dtype=dtype)
+    _, _, H_out, W_out = dout.shape
+    for i in range(H_out):
+        for j in range(W_out):
+            share = dout[:, :, i, j][:, :, None, None] / (ph * pw)
+            dx[:, :, i * stride : i * stride + ph, j * stride : j * stride + pw] += share
+    return dx
+
+
+def global_avg_pool_forward(x):
+    """Mean over each channel's spatial positions. x: (N, C, H, W) -> out (N, C)."""
+    check_float_array(x, "x", ndim=4)
+    return x.mean(axis=(2, 3)), x.shape
+
+
+def global_avg_pool_backward(dout, cache):
+    """dout: (N, C). Returns dx (N, C, H, W)."""
+    N, C, H, W = cache
+    return np.broadcast_to((dout / (H * W))[:, :, None, None], (N, C, H, W)).copy()
