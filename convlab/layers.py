@@ -230,9 +230,12 @@ def batchnorm_backward_alt(dout, cache):
     """Backward through batchnorm in one closed-form expression (same result, fewer passes)."""
     _require_train_cache(cache)
     _, inv_std, xhat, gamma = cache
+    N = dout.shape[0]
     dbeta = dout.sum(axis=0)
     dgamma = (dout * xhat).sum(axis=0)
-    dx = _normalize_backward(dout * gamma, xhat, inv_std, axis=0)
+    # _normalize_backward with dxhat = gamma * dout, whose two means are exactly
+    # gamma * dbeta / N and gamma * dgamma / N: reusing them saves two passes over the batch.
+    dx = (gamma * inv_std / N) * (N * dout - dbeta - xhat * dgamma)
     return dx, dgamma, dbeta
 
 

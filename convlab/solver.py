@@ -25,6 +25,8 @@ Beyond it (all optional keyword arguments):
   more dimensions (weights, not biases or batchnorm scales).
 - ``augment``: a callable ``f(X_batch, rng) -> X_batch`` applied to training minibatches.
 - ``progress``: show a tqdm progress bar (defaults to ``verbose``).
+- ``on_epoch_end``: a callable ``f(solver)`` run after each epoch's accuracy check (e.g. to
+  save a checkpoint or write metrics).
 - ``save(path)`` / ``load(path)``: the whole training state (parameters, optimizer state,
   batchnorm statistics, histories, random state, position in the run) in one ``.npz``, so a
   loaded solver continues exactly where the saved one stopped.
@@ -39,7 +41,6 @@ import signal
 import threading
 
 import numpy as np
-from tqdm.auto import tqdm
 
 from convlab import optim
 from convlab.serialization import atomic_savez, load_npz
@@ -80,6 +81,7 @@ class Solver:
         self.weight_decay = kwargs.pop("weight_decay", 0.0)
         self.augment = kwargs.pop("augment", None)
         self.progress = kwargs.pop("progress", None)
+        self.on_epoch_end = kwargs.pop("on_epoch_end", None)
         if kwargs:
             raise ValueError(f"Unrecognized arguments {', '.join(sorted(kwargs))}")
 
@@ -331,6 +333,9 @@ class Solver:
         num_iterations = self.num_iterations
         bar = None
         if self.progress:
+            # Imported here: tqdm.auto warns inside Jupyter without ipywidgets even when unused.
+            from tqdm.auto import tqdm
+
             bar = tqdm(total=num_iterations, initial=self._iteration, unit="it", leave=False)
         interrupted = threading.Event()
         previous_handler = None
@@ -357,6 +362,8 @@ class Solver:
                             if "learning_rate" in config:
                                 config["learning_rate"] *= self.lr_decay
                     self._end_of_check(bar)
+                    if self.on_epoch_end is not None:
+                        self.on_epoch_end(self)
                 if interrupted.is_set():
                     raise KeyboardInterrupt
         finally:

@@ -8,6 +8,12 @@ import numpy as np
 from convlab._checks import check_labels
 
 
+def init_std(weight_scale, fan_in):
+    """Standard deviation of initial weights: weight_scale, or He's sqrt(2 / fan_in) if None,
+    which keeps activation variance constant through ReLU layers."""
+    return np.sqrt(2.0 / fan_in) if weight_scale is None else weight_scale
+
+
 class Classifier:
     """Base class. Subclasses set ``self.init_args`` (JSON-serialisable constructor
     arguments), ``self.params`` and, when they use batchnorm, ``self.bn_params`` (a list of

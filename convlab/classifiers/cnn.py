@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from convlab.classifiers.base import Classifier
+from convlab.classifiers.base import Classifier, init_std
 from convlab.layer_utils import (
     affine_relu_backward,
     affine_relu_forward,
@@ -17,7 +17,8 @@ class ThreeLayerConvNet(Classifier):
 
     The convolution has stride 1 and 'same' padding (filter_size odd), so the pool halves
     H and W. Params: W1 (F, C, k, k), b1 (F,), W2 (F * H/2 * W/2, hidden_dim), b2,
-    W3 (hidden_dim, num_classes), b3. ``seed`` seeds the weight initialisation.
+    W3 (hidden_dim, num_classes), b3. ``seed`` seeds the weight initialisation;
+    ``weight_scale=None`` uses He's std sqrt(2 / fan_in) per layer.
     """
 
     def __init__(
@@ -63,7 +64,9 @@ class ThreeLayerConvNet(Classifier):
         ]
         self.params = {}
         for i, shape in enumerate(weight_shapes, start=1):
-            self.params[f"W{i}"] = (weight_scale * rng.standard_normal(shape)).astype(dtype)
+            fan_in = int(np.prod(shape[1:])) if i == 1 else shape[0]
+            std = init_std(weight_scale, fan_in)
+            self.params[f"W{i}"] = (std * rng.standard_normal(shape)).astype(dtype)
             # The bias has one entry per output unit: filters for the conv, columns otherwise.
             self.params[f"b{i}"] = np.zeros(shape[0] if i == 1 else shape[1], dtype=dtype)
 

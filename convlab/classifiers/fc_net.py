@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from convlab.classifiers.base import Classifier
+from convlab.classifiers.base import Classifier, init_std
 from convlab.layer_utils import (
     affine_norm_relu_backward,
     affine_norm_relu_forward,
@@ -87,7 +87,8 @@ class FullyConnectedNet(Classifier):
     ``dropout_keep_ratio`` (legacy keyword ``dropout``) is the keep probability; 1 disables
     dropout. ``seed`` seeds the weight initialisation and fixes the dropout mask, which makes
     the loss deterministic for gradient checks (leave it None to train with dropout).
-    L2 loss is 0.5 * reg * sum(W^2) over the weights only.
+    L2 loss is 0.5 * reg * sum(W^2) over the weights only. ``weight_scale=None`` initialises
+    each layer with He's std sqrt(2 / fan_in) instead of one fixed scale.
     """
 
     def __init__(
@@ -135,9 +136,8 @@ class FullyConnectedNet(Classifier):
         self.params = {}
         for i in range(1, self.num_layers + 1):
             fan_in, fan_out = dims[i - 1], dims[i]
-            self.params[f"W{i}"] = (weight_scale * rng.standard_normal((fan_in, fan_out))).astype(
-                dtype
-            )
+            std = init_std(weight_scale, fan_in)
+            self.params[f"W{i}"] = (std * rng.standard_normal((fan_in, fan_out))).astype(dtype)
             self.params[f"b{i}"] = np.zeros(fan_out, dtype=dtype)
             if self.normalization and i < self.num_layers:
                 self.params[f"gamma{i}"] = np.ones(fan_out, dtype=dtype)
