@@ -52,7 +52,8 @@ def build_parser():
     p.add_argument("--normalization", choices=["none", "batchnorm", "layernorm"],
                    default="batchnorm", help="fc: normalization after each hidden affine")
     p.add_argument("--dropout-keep", type=float, default=1.0,
-                   help="fc: dropout keep probability (1 = no dropout)")
+                   help="fc: dropout keep probability (1 = no dropout; dropout masks are not "
+                        "reproduced exactly by --resume)")
     p.add_argument("--num-filters", type=int, default=32, help="threelayer: conv filters")
     p.add_argument("--filter-size", type=int, default=7, help="threelayer: conv filter size")
     p.add_argument("--hidden-dim", type=int, default=100, help="threelayer: hidden units")
@@ -125,7 +126,7 @@ def build_model(args, input_shape, num_classes):
     """The classifier named by --model; weight_scale None means He initialisation."""
     dtype = np.dtype(args.dtype)
     if args.model == "fc":
-        return FullyConnectedNet(
+        model = FullyConnectedNet(
             args.hidden_dims,
             input_dim=int(np.prod(input_shape)),
             num_classes=num_classes,
@@ -136,6 +137,10 @@ def build_model(args, input_shape, num_classes):
             dtype=dtype,
             seed=args.seed,
         )
+        # The seed fixes the dropout mask (cs231n's gradient-check behaviour); training wants
+        # a fresh mask every step, so runs with dropout are not bit-reproducible on resume.
+        model.dropout_param.pop("seed", None)
+        return model
     if args.model == "threelayer":
         return ThreeLayerConvNet(
             input_dim=input_shape,
