@@ -7,39 +7,35 @@ when a function returns. Run checks in float64: float32 round-off swamps the dif
 import numpy as np
 
 
+def _probe(f, x, ix, h):
+    """(f(x + h e_ix), f(x - h e_ix)) with x[ix] restored; outputs copied in case f reuses
+    its buffers."""
+    old = x[ix]
+    x[ix] = old + h
+    f_plus = np.array(f(x), copy=True)
+    x[ix] = old - h
+    f_minus = np.array(f(x), copy=True)
+    x[ix] = old
+    return f_plus, f_minus
+
+
 def eval_numerical_gradient(f, x, verbose=True, h=1e-5):
     """Gradient of a scalar function f(x) at x: (f(x + h) - f(x - h)) / 2h per entry."""
     grad = np.zeros_like(x)
-    it = np.nditer(x, flags=["multi_index"], op_flags=["readwrite"])
-    while not it.finished:
-        ix = it.multi_index
-        old = x[ix]
-        x[ix] = old + h
-        f_plus = f(x)
-        x[ix] = old - h
-        f_minus = f(x)
-        x[ix] = old
+    for ix in np.ndindex(x.shape):
+        f_plus, f_minus = _probe(f, x, ix, h)
         grad[ix] = (f_plus - f_minus) / (2 * h)
         if verbose:
             print(ix, grad[ix])
-        it.iternext()
     return grad
 
 
 def eval_numerical_gradient_array(f, x, df, h=1e-5):
     """Gradient of sum(f(x) * df) at x, i.e. the backward pass of f for upstream gradient df."""
     grad = np.zeros_like(x)
-    it = np.nditer(x, flags=["multi_index"], op_flags=["readwrite"])
-    while not it.finished:
-        ix = it.multi_index
-        old = x[ix]
-        x[ix] = old + h
-        f_plus = np.array(f(x), copy=True)
-        x[ix] = old - h
-        f_minus = np.array(f(x), copy=True)
-        x[ix] = old
+    for ix in np.ndindex(x.shape):
+        f_plus, f_minus = _probe(f, x, ix, h)
         grad[ix] = np.sum((f_plus - f_minus) * df) / (2 * h)
-        it.iternext()
     return grad
 
 
@@ -52,14 +48,9 @@ def grad_check_sparse(f, x, analytic_grad, num_checks=10, h=1e-5, seed=None):
     errors = []
     for _ in range(num_checks):
         ix = tuple(int(rng.integers(m)) for m in x.shape)
-        old = x[ix]
-        x[ix] = old + h
-        f_plus = f(x)
-        x[ix] = old - h
-        f_minus = f(x)
-        x[ix] = old
-        numerical = (f_plus - f_minus) / (2 * h)
-        analytic = analytic_grad[ix]
+        f_plus, f_minus = _probe(f, x, ix, h)
+        numerical = float((f_plus - f_minus) / (2 * h))
+        analytic = float(analytic_grad[ix])
         denom = abs(numerical) + abs(analytic)
         rel = abs(numerical - analytic) / denom if denom > 0 else 0.0
         errors.append(rel)
