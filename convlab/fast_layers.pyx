@@ -1,2 +1,786 @@
-# cython: boundscheck=False, wraparound=False, cdivision=True
-"""Placeholder while the kernels are written."""
+# cython: boundscheck=False, wraparound=False, cdivision=True, initializedcheck=False
+"""Fast convolution and pooling layers (Cython kernels, OpenMP-parallel when available).
+
+Every public function has the contract of its naive counterpart in ``convlab.layers``:
+x ``(N, C, H, W)``, w ``(F, C, HH, WW)``, b ``(F,)`` or None, out ``(N, F, H', W')`` with
+``H' = 1 + (H + 2 pad - HH) // stride``; float32 stays float32, float64 stays float64.
+
+Two column layouts appear in this module:
+
+* the **cs231n layout** of the public kernels ``im2col_cython``/``col2im_cython``: row
+  ``(c * fh + i) * fw + j``, column ``(h' * W' + w') * N + n`` (sample index fastest);
+* the **sample-major layout** used by every fast path: same rows, column
+  ``(n * H' + h') * W' + w'``. Each (row, sample) pair is then one contiguous run of
+  ``H' W'`` values, so im2col and col2im are strided row copies and the GEMM output
+  ``(F, N H' W')`` needs only one cheap (n, f) block transpose to become ``(N, F, H', W')``.
+
+The fast convolution works on a few large chunks of samples (see _CHUNK_BYTES): their
+columns go to scratch buffers reused across chunks and calls (no page faults from fresh
+40 MB allocations), and the backward pass recomputes the columns from x instead of keeping
+them alive in the cache.
+"""
+
+import os
+import threading
+
+import numpy as np
+
+from cython cimport floating
+from cython.parallel cimport prange
+from libc.string cimport memcpy, memset
+
+from convlab._checks import (
+    check_float_array,
+    check_same_dtype,
+    conv_output_size,
+    pool_output_size,
+)
+
+__all__ = [
+    "im2col_cython",
+    "col2im_cython",
+    "conv_forward_fast",
+    "conv_backward_fast",
+    "conv_forward_im2col",
+    "conv_backward_im2col",
+    "conv_forward_strides",
+    "conv_backward_strides",
+    "max_pool_forward_fast",
+    "max_pool_backward_fast",
+    "max_pool_forward_reshape",
+    "max_pool_backward_reshape",
+    "max_pool_forward_im2col",
+    "max_pool_backward_im2col",
+    "avg_pool_forward_fast",
+    "avg_pool_backward_fast",
+    "global_avg_pool_forward_fast",
+    "global_avg_pool_backward_fast",
+]
+
+# Column chunks are at most about this size. Chunks bound the scratch memory (the columns of
+# a CIFAR batch through a 7x7 filter take 38 MB in float32) and keep a chunk's columns in the
+# 32 MB L3 from im2col to GEMM to col2im; but each multithreaded OpenBLAS call costs a thread
+# hand-off that is expensive on a busy machine, so chunks are kept few and large.
+_CHUNK_BYTES = 24 << 20
+
+
+# ======================================================================= kernel threads
+
+
+def _threads_from_environment():
+    """How many OpenMP threads the kernels' parallel loops should use.
+
+    The kernels alternate with NumPy GEMMs that run on OpenBLAS's own thread pool. With the
+    default OMP_WAIT_POLICY, libgomp's idle workers busy-spin for milliseconds after every
+    parallel loop and take the cores that the next GEMM's threads need (on 2 cores this made
+    a convolution 10x slower). So the loops go parallel only when the OpenMP runtime waits
+    passively (OMP_WAIT_POLICY=passive or GOMP_SPINCOUNT=0 when this module is loaded), and
+    then with OMP_NUM_THREADS threads or one per available CPU.
+    """
+    passive = (os.environ.get("OMP_WAIT_POLICY", "").strip().lower() == "passive"
+               or os.environ.get("GOMP_SPINCOUNT", "").strip() == "0")
+    if not passive:
+        return 1
+    requested = os.environ.get("OMP_NUM_THREADS", "").split(",")[0].strip()
+    if requested.isdigit() and int(requested) > 0:
+        return int(requested)
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+
+
+cdef int _kernel_threads = _threads_from_environment()
+
+
+def _set_kernel_threads(int threads):
+    """Set how many OpenMP threads the kernels' parallel loops use (ignored without OpenMP)."""
+    global _kernel_threads
+    _kernel_threads = max(1, threads)
+
+
+# ============================================================================ C helpers
+
+
+cdef inline Py_ssize_t _first_valid(Py_ssize_t offset, Py_ssize_t stride) noexcept nogil:
+    """Smallest output index o >= 0 with o * stride - offset >= 0."""
+    if offset <= 0:
+        return 0
+    return (offset + stride - 1) // stride
+
+
+cdef inline Py_ssize_t _end_valid(Py_ssize_t offset, Py_ssize_t size, Py_ssize_t stride,
+                                  Py_ssize_t n_out) noexcept nogil:
+    """One past the largest output index o < n_out with o * stride - offset < size."""
+    cdef Py_ssize_t last = size - 1 + offset
+    if last < 0:
+        return 0
+    return min(last // stride + 1, n_out)
+
+
+cdef inline void _gather_plane(const floating* plane, floating* dst, Py_ssize_t H,
+                               Py_ssize_t W, Py_ssize_t Ho, Py_ssize_t Wo, Py_ssize_t i,
+                               Py_ssize_t j, Py_ssize_t pad, Py_ssize_t stride) noexcept nogil:
+    """dst[h', w'] = plane[h' s + i - pad, w' s + j - pad], zero where that is padding."""
+    cdef Py_ssize_t y_lo = min(_first_valid(pad - i, stride), Ho)
+    cdef Py_ssize_t y_hi = max(_end_valid(pad - i, H, stride, Ho), y_lo)
+    cdef Py_ssize_t x_lo = min(_first_valid(pad - j, stride), Wo)
+    cdef Py_ssize_t x_hi = max(_end_valid(pad - j, W, stride, Wo), x_lo)
+    cdef Py_ssize_t yo, xo, src_row
+    cdef floating* out_row
+    if y_lo > 0:
+        memset(dst, 0, y_lo * Wo * sizeof(floating))
+    for yo in range(y_lo, y_hi):
+        out_row = dst + yo * Wo
+        src_row = (yo * stride + i - pad) * W + j - pad
+        if x_lo > 0:
+            memset(out_row, 0, x_lo * sizeof(floating))
+        if stride == 1:
+            memcpy(out_row + x_lo, plane + src_row + x_lo, (x_hi - x_lo) * sizeof(floating))
+        else:
+            for xo in range(x_lo, x_hi):
+                out_row[xo] = plane[src_row + xo * stride]
+        if x_hi < Wo:
+            memset(out_row + x_hi, 0, (Wo - x_hi) * sizeof(floating))
+    if y_hi < Ho:
+        memset(dst + y_hi * Wo, 0, (Ho - y_hi) * Wo * sizeof(floating))
+
+
+cdef inline void _scatter_add_plane(const floating* src, floating* plane, Py_ssize_t H,
+                                    Py_ssize_t W, Py_ssize_t Ho, Py_ssize_t Wo, Py_ssize_t i,
+                                    Py_ssize_t j, Py_ssize_t pad,
+                                    Py_ssize_t stride) noexcept nogil:
+    """Adjoint of _gather_plane: plane[h' s + i - pad, w' s + j - pad] += src[h', w']."""
+    cdef Py_ssize_t y_lo = min(_first_valid(pad - i, stride), Ho)
+    cdef Py_ssize_t y_hi = max(_end_valid(pad - i, H, stride, Ho), y_lo)
+    cdef Py_ssize_t x_lo = min(_first_valid(pad - j, stride), Wo)
+    cdef Py_ssize_t x_hi = max(_end_valid(pad - j, W, stride, Wo), x_lo)
+    cdef Py_ssize_t yo, xo, dst_row
+    cdef const floating* src_row
+    for yo in range(y_lo, y_hi):
+        src_row = src + yo * Wo
+        dst_row = (yo * stride + i - pad) * W + j - pad
+        if stride == 1:
+            for xo in range(x_lo, x_hi):
+                plane[dst_row + xo] += src_row[xo]
+        else:
+            for xo in range(x_lo, x_hi):
+                plane[dst_row + xo * stride] += src_row[xo]
+
+
+cdef inline double _sum(const floating* values, Py_ssize_t size) noexcept nogil:
+    """Sum in double over eight independent accumulators.
+
+    A single running sum waits on the previous add every element; eight chains keep the
+    adder pipelined (the compiler may not reorder float adds itself), and double keeps long
+    float32 sums accurate.
+    """
+    cdef double s0 = 0, s1 = 0, s2 = 0, s3 = 0, s4 = 0, s5 = 0, s6 = 0, s7 = 0
+    cdef Py_ssize_t k = 0
+    while k + 8 <= size:
+        s0 += values[k]
+        s1 += values[k + 1]
+        s2 += values[k + 2]
+        s3 += values[k + 3]
+        s4 += values[k + 4]
+        s5 += values[k + 5]
+        s6 += values[k + 6]
+        s7 += values[k + 7]
+        k += 8
+    while k < size:
+        s0 += values[k]
+        k += 1
+    return ((s0 + s1) + (s2 + s3)) + ((s4 + s5) + (s6 + s7))
+
+
+# ============================================================= sample-major column kernels
+
+
+def _im2col_samples(const floating[:, :, :, ::1] x, floating[:, ::1] cols, Py_ssize_t n0,
+                    int fh, int fw, int pad, int stride, Py_ssize_t Ho, Py_ssize_t Wo):
+    """Columns of samples n0 .. n0 + nc of x into cols (C fh fw, nc H' W'), sample-major."""
+    cdef Py_ssize_t C = x.shape[1], H = x.shape[2], W = x.shape[3]
+    cdef Py_ssize_t P = Ho * Wo
+    cdef Py_ssize_t nc = cols.shape[1] // P
+    cdef Py_ssize_t task, row, n, c, i, j
+    with nogil:
+        # One task per (row, sample): a contiguous run of P outputs, enough tasks to balance.
+        for task in prange(C * fh * fw * nc, schedule="static", num_threads=_kernel_threads):
+            row = task // nc
+            n = task % nc
+            c = row // (fh * fw)
+            i = (row // fw) % fh
+            j = row % fw
+            _gather_plane(&x[n0 + n, c, 0, 0], &cols[row, n * P], H, W, Ho, Wo, i, j, pad,
+                          stride)
+
+
+def _col2im_samples(const floating[:, ::1] cols, floating[:, :, :, ::1] dx, Py_ssize_t n0,
+                    int fh, int fw, int pad, int stride, Py_ssize_t Ho, Py_ssize_t Wo):
+    """dx[n0 .. n0 + nc] = adjoint of _im2col_samples applied to cols (overwrites dx)."""
+    cdef Py_ssize_t C = dx.shape[1], H = dx.shape[2], W = dx.shape[3]
+    cdef Py_ssize_t P = Ho * Wo
+    cdef Py_ssize_t nc = cols.shape[1] // P
+    cdef Py_ssize_t task, n, c, i, j
+    cdef floating* plane
+    with nogil:
+        # Each task owns one (sample, channel) plane, so the accumulation needs no atomics.
+        for task in prange(nc * C, schedule="static", num_threads=_kernel_threads):
+            n = task // C
+            c = task % C
+            plane = &dx[n0 + n, c, 0, 0]
+            memset(plane, 0, H * W * sizeof(floating))
+            for i in range(fh):
+                for j in range(fw):
+                    _scatter_add_plane(&cols[(c * fh + i) * fw + j, n * P], plane, H, W, Ho,
+                                       Wo, i, j, pad, stride)
+
+
+def _rows_to_samples(const floating[:, ::1] rows, const floating[::1] bias,
+                     floating[:, :, ::1] out):
+    """out[n, f, p] = rows[f, n P + p] + bias[f]; rows (F, nc P) -> out (nc, F, P)."""
+    cdef Py_ssize_t nc = out.shape[0], F = out.shape[1], P = out.shape[2]
+    cdef Py_ssize_t task, n, f, p
+    cdef floating shift
+    cdef const floating* src
+    cdef floating* dst
+    with nogil:
+        for task in prange(nc * F, schedule="static", num_threads=_kernel_threads):
+            n = task // F
+            f = task % F
+            shift = bias[f]
+            src = &rows[f, n * P]
+            dst = &out[n, f, 0]
+            for p in range(P):
+                dst[p] = src[p] + shift
+
+
+def _samples_to_rows(const floating[:, :, ::1] dout, floating[:, ::1] rows,
+                     double[::1] bias_grad):
+    """rows[f, n P + p] = dout[n, f, p] and bias_grad[f] += sum of dout[:, f, :]."""
+    cdef Py_ssize_t nc = dout.shape[0], F = dout.shape[1], P = dout.shape[2]
+    cdef Py_ssize_t n, f
+    cdef double total
+    with nogil:
+        for f in prange(F, schedule="static", num_threads=_kernel_threads):
+            total = 0
+            for n in range(nc):
+                memcpy(&rows[f, n * P], &dout[n, f, 0], P * sizeof(floating))
+                total = total + _sum(&dout[n, f, 0], P)
+            bias_grad[f] += total
+
+
+# ====================================================================== cs231n kernels
+
+
+def _im2col_cs231n(const floating[:, :, :, ::1] x, floating[:, ::1] cols, int fh, int fw,
+                   int pad, int stride, Py_ssize_t Ho, Py_ssize_t Wo):
+    """cols (C fh fw, H' W' N) in the cs231n layout; parallel over rows."""
+    cdef Py_ssize_t N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
+    cdef Py_ssize_t row, c, i, j, yo, xo, h, w, n, col
+    with nogil:
+        for row in prange(C * fh * fw, schedule="static", num_threads=_kernel_threads):
+            c = row // (fh * fw)
+            i = (row // fw) % fh
+            j = row % fw
+            for yo in range(Ho):
+                h = yo * stride + i - pad
+                for xo in range(Wo):
+                    w = xo * stride + j - pad
+                    col = (yo * Wo + xo) * N
+                    if 0 <= h < H and 0 <= w < W:
+                        for n in range(N):
+                            cols[row, col + n] = x[n, c, h, w]
+                    else:
+                        for n in range(N):
+                            cols[row, col + n] = 0
+
+
+def _col2im_cs231n(const floating[:, ::1] cols, floating[:, :, :, ::1] dx, int fh, int fw,
+                   int pad, int stride, Py_ssize_t Ho, Py_ssize_t Wo):
+    """dx (zeroed by the caller) += the cs231n-layout cols scattered back to the image."""
+    cdef Py_ssize_t N = dx.shape[0], C = dx.shape[1], H = dx.shape[2], W = dx.shape[3]
+    cdef Py_ssize_t row, c, i, j, yo, xo, h, w, n, col
+    with nogil:
+        # Parallel over channels: each thread owns dx[:, c], so += is race-free.
+        for c in prange(C, schedule="static", num_threads=_kernel_threads):
+            for i in range(fh):
+                for j in range(fw):
+                    row = (c * fh + i) * fw + j
+                    for yo in range(Ho):
+                        h = yo * stride + i - pad
+                        if h < 0 or h >= H:
+                            continue
+                        for xo in range(Wo):
+                            w = xo * stride + j - pad
+                            if w < 0 or w >= W:
+                                continue
+                            col = (yo * Wo + xo) * N
+                            for n in range(N):
+                                dx[n, c, h, w] += cols[row, col + n]
+
+
+# ====================================================================== pooling kernels
+
+
+def _max_pool_planes(const floating[:, :, ::1] x, floating[:, :, ::1] out,
+                     int[:, :, ::1] argmax, int ph, int pw, int stride):
+    """out = window maxima of each (H, W) plane; argmax = flat index h W + w of the first max."""
+    cdef Py_ssize_t planes = x.shape[0], W = x.shape[2]
+    cdef Py_ssize_t Ho = out.shape[1], Wo = out.shape[2]
+    cdef Py_ssize_t t, yo, xo, i, j, h0, w0, best_at
+    cdef floating best, v
+    with nogil:
+        for t in prange(planes, schedule="static", num_threads=_kernel_threads):
+            for yo in range(Ho):
+                h0 = yo * stride
+                for xo in range(Wo):
+                    w0 = xo * stride
+                    best = x[t, h0, w0]
+                    best_at = h0 * W + w0
+                    for i in range(ph):
+                        for j in range(pw):
+                            v = x[t, h0 + i, w0 + j]
+                            # Strict '>' keeps the first maximum, like np.argmax in the naive layer.
+                            if v > best:
+                                best = v
+                                best_at = (h0 + i) * W + w0 + j
+                    out[t, yo, xo] = best
+                    argmax[t, yo, xo] = <int>best_at
+
+
+def _max_unpool_planes(const floating[:, ::1] dout, const int[:, ::1] argmax,
+                       floating[:, ::1] dx):
+    """dx (planes, H W) = 0, then dx[t, argmax[t, k]] += dout[t, k] (overlaps accumulate)."""
+    cdef Py_ssize_t planes = dx.shape[0], HW = dx.shape[1], K = dout.shape[1]
+    cdef Py_ssize_t t, k
+    with nogil:
+        for t in prange(planes, schedule="static", num_threads=_kernel_threads):
+            memset(&dx[t, 0], 0, HW * sizeof(floating))
+            for k in range(K):
+                dx[t, argmax[t, k]] += dout[t, k]
+
+
+def _avg_pool_planes(const floating[:, :, ::1] x, floating[:, :, ::1] out, int ph, int pw,
+                     int stride):
+    """out = window means of each (H, W) plane, summed in double."""
+    cdef Py_ssize_t planes = x.shape[0], Ho = out.shape[1], Wo = out.shape[2]
+    cdef Py_ssize_t t, yo, xo, i, j
+    cdef double total
+    cdef double scale = 1.0 / (ph * pw)
+    with nogil:
+        for t in prange(planes, schedule="static", num_threads=_kernel_threads):
+            for yo in range(Ho):
+                for xo in range(Wo):
+                    total = 0
+                    for i in range(ph):
+                        for j in range(pw):
+                            total = total + x[t, yo * stride + i, xo * stride + j]
+                    out[t, yo, xo] = <floating>(total * scale)
+
+
+def _avg_unpool_planes(const floating[:, :, ::1] dout, floating[:, :, ::1] dx, int ph, int pw,
+                       int stride):
+    """dx = 0, then each dout entry spread evenly over its window (overlaps accumulate)."""
+    cdef Py_ssize_t planes = dx.shape[0], H = dx.shape[1], W = dx.shape[2]
+    cdef Py_ssize_t Ho = dout.shape[1], Wo = dout.shape[2]
+    cdef Py_ssize_t t, yo, xo, i, j
+    cdef floating share
+    cdef floating scale = <floating>(1.0 / (ph * pw))
+    with nogil:
+        for t in prange(planes, schedule="static", num_threads=_kernel_threads):
+            memset(&dx[t, 0, 0], 0, H * W * sizeof(floating))
+            for yo in range(Ho):
+                for xo in range(Wo):
+                    share = dout[t, yo, xo] * scale
+                    for i in range(ph):
+                        for j in range(pw):
+                            dx[t, yo * stride + i, xo * stride + j] += share
+
+
+def _plane_means(const floating[:, ::1] x, floating[::1] out):
+    """out[t] = mean of x[t, :], summed in double."""
+    cdef Py_ssize_t planes = x.shape[0], HW = x.shape[1]
+    cdef Py_ssize_t t
+    with nogil:
+        for t in prange(planes, schedule="static", num_threads=_kernel_threads):
+            out[t] = <floating>(_sum(&x[t, 0], HW) / HW)
+
+
+def _spread_means(const floating[::1] dout, floating[:, ::1] dx):
+    """dx[t, :] = dout[t] / (H W), the adjoint of _plane_means."""
+    cdef Py_ssize_t planes = dx.shape[0], HW = dx.shape[1]
+    cdef Py_ssize_t t, k
+    cdef floating share
+    with nogil:
+        for t in prange(planes, schedule="static", num_threads=_kernel_threads):
+            share = <floating>(dout[t] / <double>HW)
+            for k in range(HW):
+                dx[t, k] = share
+
+
+# ============================================================================ validation
+
+
+def _conv_operands(x, w, b, conv_param):
+    """Validate a convolution's inputs; return contiguous x, w, b and (stride, pad, H', W')."""
+    check_float_array(x, "x", ndim=4)
+    check_float_array(w, "w", ndim=4)
+    check_same_dtype(x, w=w, b=b)
+    N, C, H, W = x.shape
+    F, Cw, HH, WW = w.shape
+    if Cw != C:
+        raise ValueError(f"w has {Cw} input channels but x has {C}")
+    if b is not None:
+        if b.shape != (F,):
+            raise ValueError(f"b must have shape ({F},), got {b.shape}")
+        b = np.ascontiguousarray(b)
+    stride, pad = conv_param["stride"], conv_param["pad"]
+    Ho, Wo = conv_output_size(H, W, HH, WW, stride, pad)
+    return np.ascontiguousarray(x), np.ascontiguousarray(w), b, (stride, pad, Ho, Wo)
+
+
+def _pool_operands(x, pool_param):
+    """Validate a pooling input; return contiguous x and (ph, pw, stride, H', W')."""
+    check_float_array(x, "x", ndim=4)
+    ph, pw, stride = pool_param["pool_height"], pool_param["pool_width"], pool_param["stride"]
+    Ho, Wo = pool_output_size(x.shape[2], x.shape[3], ph, pw, stride)
+    return np.ascontiguousarray(x), (ph, pw, stride, Ho, Wo)
+
+
+def _upstream_grad(dout, shape, dtype):
+    """dout as a contiguous array of the forward pass's dtype; ValueError on a shape mismatch."""
+    dout = np.asarray(dout)
+    if dout.shape != tuple(shape):
+        raise ValueError(f"dout must have shape {tuple(shape)}, got {dout.shape}")
+    return np.ascontiguousarray(dout, dtype=dtype)
+
+
+def _kernel_geometry(field_height, field_width, padding, stride):
+    """The im2col/col2im kernel arguments as ints; ValueError unless they are valid."""
+    for value, name, minimum in ((field_height, "field_height", 1),
+                                 (field_width, "field_width", 1),
+                                 (padding, "padding", 0), (stride, "stride", 1)):
+        if int(value) != value or value < minimum:
+            raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+    return int(field_height), int(field_width), int(padding), int(stride)
+
+
+# ======================================================================= scratch memory
+
+
+_scratch_space = threading.local()
+
+
+def _scratch(name, shape, dtype):
+    """A reusable C-contiguous array private to the calling thread; contents are undefined.
+
+    Only used for temporaries that never leave a function, so reusing them across calls is
+    safe; it saves the page faults of allocating a fresh multi-megabyte buffer every call.
+    Each thread keeps its largest buffer per (name, dtype): about _CHUNK_BYTES of columns
+    plus one chunk of GEMM output.
+    """
+    buffers = getattr(_scratch_space, "buffers", None)
+    if buffers is None:
+        buffers = _scratch_space.buffers = {}
+    size = 1
+    for extent in shape:
+        size *= extent
+    key = (name, np.dtype(dtype))
+    buffer = buffers.get(key)
+    if buffer is None or buffer.size < size:
+        buffer = buffers[key] = np.empty(size, dtype=dtype)
+    return buffer[:size].reshape(shape)
+
+
+def _sample_chunks(N, bytes_per_sample):
+    """(first sample, sample count) pairs of roughly equal chunks of about _CHUNK_BYTES."""
+    if N == 0:
+        return []
+    per_chunk = max(1, min(N, _CHUNK_BYTES // max(1, bytes_per_sample)))
+    n_chunks = -(-N // per_chunk)
+    per_chunk = -(-N // n_chunks)
+    return [(n0, min(per_chunk, N - n0)) for n0 in range(0, N, per_chunk)]
+
+
+# ======================================================================= public kernels
+
+
+def im2col_cython(x, field_height, field_width, padding, stride):
+    """Image patches as columns, in the cs231n layout.
+
+    x: (N, C, H, W). Returns cols (C fh fw, N H' W') where row (c fh + i) fw + j and
+    column (h' W' + w') N + n hold x[n, c, h' stride + i - padding, w' stride + j - padding]
+    (zero in the padding), H' = 1 + (H + 2 padding - fh) // stride, likewise W'.
+    """
+    check_float_array(x, "x", ndim=4)
+    fh, fw, pad, stride = _kernel_geometry(field_height, field_width, padding, stride)
+    N, C, H, W = x.shape
+    Ho, Wo = conv_output_size(H, W, fh, fw, stride, pad)
+    cols = np.empty((C * fh * fw, N * Ho * Wo), dtype=x.dtype)
+    _im2col_cs231n(np.ascontiguousarray(x), cols, fh, fw, pad, stride, Ho, Wo)
+    return cols
+
+
+def col2im_cython(cols, N, C, H, W, field_height, field_width, padding, stride):
+    """Adjoint of im2col_cython: sums each column entry back into its image position.
+
+    cols: (C fh fw, N H' W') in the cs231n layout. Returns dx (N, C, H, W) (padding removed).
+    """
+    check_float_array(cols, "cols", ndim=2)
+    fh, fw, pad, stride = _kernel_geometry(field_height, field_width, padding, stride)
+    Ho, Wo = conv_output_size(H, W, fh, fw, stride, pad)
+    expected = (C * fh * fw, N * Ho * Wo)
+    if cols.shape != expected:
+        raise ValueError(f"cols must have shape {expected} for this geometry, got {cols.shape}")
+    dx = np.zeros((N, C, H, W), dtype=cols.dtype)
+    _col2im_cs231n(np.ascontiguousarray(cols), dx, fh, fw, pad, stride, Ho, Wo)
+    return dx
+
+
+# ======================================================================== convolution
+
+
+def conv_forward_fast(x, w, b, conv_param):
+    """Convolution by chunked im2col + GEMM. Contract of conv_forward_naive; b may be None.
+
+    x: (N, C, H, W), w: (F, C, HH, WW), b: (F,) or None. Returns out (N, F, H', W'), cache.
+    """
+    x, w, b, (stride, pad, Ho, Wo) = _conv_operands(x, w, b, conv_param)
+    N = x.shape[0]
+    F, C, HH, WW = w.shape
+    P, K = Ho * Wo, C * HH * WW
+    w_rows = w.reshape(F, K)
+    bias = b if b is not None else np.zeros(F, dtype=x.dtype)
+    out = np.empty((N, F, Ho, Wo), dtype=x.dtype)
+    out_rows = out.reshape(N, F, P)
+    for n0, nc in _sample_chunks(N, K * P * x.itemsize):
+        cols = _scratch("cols", (K, nc * P), x.dtype)
+        _im2col_samples(x, cols, n0, HH, WW, pad, stride, Ho, Wo)
+        product = _scratch("product", (F, nc * P), x.dtype)
+        np.matmul(w_rows, cols, out=product)
+        _rows_to_samples(product, bias, out_rows[n0:n0 + nc])
+    return out, (x, w, b is not None, stride, pad)
+
+
+def conv_backward_fast(dout, cache):
+    """dout: (N, F, H', W'). Returns dx (N, C, H, W), dw (F, C, HH, WW), db (F,) or None."""
+    x, w, has_bias, stride, pad = cache
+    N = x.shape[0]
+    F, C, HH, WW = w.shape
+    Ho, Wo = conv_output_size(x.shape[2], x.shape[3], HH, WW, stride, pad)
+    P, K = Ho * Wo, C * HH * WW
+    dout_rows = _upstream_grad(dout, (N, F, Ho, Wo), x.dtype).reshape(N, F, P)
+    w_rows = w.reshape(F, K)
+    dx = np.empty_like(x)
+    dw_columns = np.zeros((K, F), dtype=x.dtype)
+    db = np.zeros(F, dtype=np.float64)
+    for n0, nc in _sample_chunks(N, K * P * x.itemsize):
+        grad_rows = _scratch("grad_rows", (F, nc * P), x.dtype)
+        _samples_to_rows(dout_rows[n0:n0 + nc], grad_rows, db)
+        cols = _scratch("cols", (K, nc * P), x.dtype)
+        _im2col_samples(x, cols, n0, HH, WW, pad, stride, Ho, Wo)
+        # dw^T = cols grad_rows^T: the same flops as grad_rows cols^T, but multithreaded
+        # OpenBLAS 0.3.x stalls far less on this orientation when the cores are busy.
+        dw_chunk = _scratch("dw_chunk", (K, F), x.dtype)
+        np.matmul(cols, grad_rows.T, out=dw_chunk)
+        dw_columns += dw_chunk
+        # The columns are no longer needed: their buffer receives the column gradients.
+        np.matmul(w_rows.T, grad_rows, out=cols)
+        _col2im_samples(cols, dx, n0, HH, WW, pad, stride, Ho, Wo)
+    dw = np.ascontiguousarray(dw_columns.T).reshape(w.shape)
+    return dx, dw, db.astype(x.dtype) if has_bias else None
+
+
+def conv_forward_im2col(x, w, b, conv_param):
+    """Unchunked convolution through the public cs231n-layout kernel im2col_cython.
+
+    Same contract as conv_forward_fast; the cache keeps the full column matrix.
+    """
+    x, w, b, (stride, pad, Ho, Wo) = _conv_operands(x, w, b, conv_param)
+    N = x.shape[0]
+    F, _, HH, WW = w.shape
+    cols = im2col_cython(x, HH, WW, pad, stride)
+    product = w.reshape(F, -1) @ cols
+    if b is not None:
+        product += b[:, None]
+    out = np.ascontiguousarray(product.reshape(F, Ho, Wo, N).transpose(3, 0, 1, 2))
+    return out, (x, w, b is not None, stride, pad, cols)
+
+
+def conv_backward_im2col(dout, cache):
+    """Backward of conv_forward_im2col. Returns dx, dw, db (db is None without bias)."""
+    x, w, has_bias, stride, pad, cols = cache
+    N, C, H, W = x.shape
+    F, _, HH, WW = w.shape
+    Ho, Wo = conv_output_size(H, W, HH, WW, stride, pad)
+    dout = _upstream_grad(dout, (N, F, Ho, Wo), x.dtype)
+    grad_rows = dout.transpose(1, 2, 3, 0).reshape(F, -1)
+    dw = (grad_rows @ cols.T).reshape(w.shape)
+    dx = col2im_cython(w.reshape(F, -1).T @ grad_rows, N, C, H, W, HH, WW, pad, stride)
+    db = dout.sum(axis=(0, 2, 3)) if has_bias else None
+    return dx, dw, db
+
+
+def conv_forward_strides(x, w, b, conv_param):
+    """Convolution whose im2col is a NumPy as_strided view of the padded input.
+
+    Same contract as conv_forward_fast; the columns come out sample-major, the layout the
+    col2im of conv_backward_strides expects.
+    """
+    x, w, b, (stride, pad, Ho, Wo) = _conv_operands(x, w, b, conv_param)
+    N, C, _, _ = x.shape
+    F, _, HH, WW = w.shape
+    padded = np.pad(x, ((0, 0), (0, 0), (pad, pad), (pad, pad)))
+    Hp, Wp = padded.shape[2:]
+    item = padded.itemsize
+    patches = np.lib.stride_tricks.as_strided(
+        padded,
+        shape=(C, HH, WW, N, Ho, Wo),
+        strides=(Hp * Wp * item, Wp * item, item, C * Hp * Wp * item,
+                 stride * Wp * item, stride * item),
+        writeable=False,
+    )
+    cols = np.ascontiguousarray(patches).reshape(C * HH * WW, N * Ho * Wo)
+    product = w.reshape(F, -1) @ cols
+    if b is not None:
+        product += b[:, None]
+    out = np.ascontiguousarray(product.reshape(F, N, Ho, Wo).transpose(1, 0, 2, 3))
+    return out, (x, w, b is not None, stride, pad, cols)
+
+
+def conv_backward_strides(dout, cache):
+    """Backward of conv_forward_strides. Returns dx, dw, db (db is None without bias)."""
+    x, w, has_bias, stride, pad, cols = cache
+    N, C, H, W = x.shape
+    F, _, HH, WW = w.shape
+    Ho, Wo = conv_output_size(H, W, HH, WW, stride, pad)
+    dout = _upstream_grad(dout, (N, F, Ho, Wo), x.dtype)
+    grad_rows = dout.transpose(1, 0, 2, 3).reshape(F, -1)
+    dw = (grad_rows @ cols.T).reshape(w.shape)
+    dcols = w.reshape(F, -1).T @ grad_rows
+    dx = np.empty_like(x)
+    _col2im_samples(dcols, dx, 0, HH, WW, pad, stride, Ho, Wo)
+    db = dout.sum(axis=(0, 2, 3)) if has_bias else None
+    return dx, dw, db
+
+
+# ============================================================================ pooling
+
+
+def max_pool_forward_fast(x, pool_param):
+    """Max pooling with any window and stride. Contract of max_pool_forward_naive.
+
+    x: (N, C, H, W). Returns out (N, C, H', W') with H' = 1 + (H - pool_height) // stride,
+    and a cache holding the argmax (flat h W + w index per output) for the backward pass.
+    """
+    x, (ph, pw, stride, Ho, Wo) = _pool_operands(x, pool_param)
+    N, C, H, W = x.shape
+    out = np.empty((N, C, Ho, Wo), dtype=x.dtype)
+    argmax = np.empty((N, C, Ho, Wo), dtype=np.intc)
+    _max_pool_planes(x.reshape(N * C, H, W), out.reshape(N * C, Ho, Wo),
+                     argmax.reshape(N * C, Ho, Wo), ph, pw, stride)
+    return out, (x.shape, x.dtype, argmax)
+
+
+def max_pool_backward_fast(dout, cache):
+    """Routes each output gradient to the first maximum of its window. Returns dx (N, C, H, W)."""
+    x_shape, dtype, argmax = cache
+    N, C, H, W = x_shape
+    _, _, Ho, Wo = argmax.shape
+    dout = _upstream_grad(dout, argmax.shape, dtype)
+    dx = np.empty(x_shape, dtype=dtype)
+    _max_unpool_planes(dout.reshape(N * C, Ho * Wo), argmax.reshape(N * C, Ho * Wo),
+                       dx.reshape(N * C, H * W))
+    return dx
+
+
+def _tiling_windows(x, pool_param):
+    """x viewed as (N, C, H', W', ph pw) windows; ValueError unless the windows tile x."""
+    x, (ph, pw, stride, Ho, Wo) = _pool_operands(x, pool_param)
+    N, C, H, W = x.shape
+    if not (ph == pw == stride and H % ph == 0 and W % pw == 0):
+        raise ValueError(
+            "max_pool_*_reshape needs square windows with stride == pool size that tile the "
+            f"input; got {ph}x{pw} windows, stride {stride}, input {H}x{W}"
+        )
+    tiles = x.reshape(N, C, Ho, ph, Wo, pw).transpose(0, 1, 2, 4, 3, 5)
+    return x, tiles.reshape(N, C, Ho, Wo, ph * pw)
+
+
+def max_pool_forward_reshape(x, pool_param):
+    """Max pooling for windows that tile the input, by reshaping; ValueError otherwise."""
+    x, windows = _tiling_windows(x, pool_param)
+    first_max = windows.argmax(axis=4)[..., None]
+    out = np.take_along_axis(windows, first_max, axis=4)[..., 0]
+    return out, (x.shape, x.dtype, first_max)
+
+
+def max_pool_backward_reshape(dout, cache):
+    """Backward of max_pool_forward_reshape. Returns dx (N, C, H, W)."""
+    (N, C, H, W), dtype, first_max = cache
+    Ho, Wo = first_max.shape[2:4]
+    ph, pw = H // Ho, W // Wo
+    dout = _upstream_grad(dout, (N, C, Ho, Wo), dtype)
+    dwindows = np.zeros((N, C, Ho, Wo, ph * pw), dtype=dtype)
+    np.put_along_axis(dwindows, first_max, dout[..., None], axis=4)
+    dx = dwindows.reshape(N, C, Ho, Wo, ph, pw).transpose(0, 1, 2, 4, 3, 5)
+    return np.ascontiguousarray(dx).reshape(N, C, H, W)
+
+
+def max_pool_forward_im2col(x, pool_param):
+    """Max pooling as an argmax over the im2col columns of single-channel planes."""
+    x, (ph, pw, stride, Ho, Wo) = _pool_operands(x, pool_param)
+    N, C, H, W = x.shape
+    cols = np.empty((ph * pw, N * C * Ho * Wo), dtype=x.dtype)
+    _im2col_samples(x.reshape(N * C, 1, H, W), cols, 0, ph, pw, 0, stride, Ho, Wo)
+    first_max = cols.argmax(axis=0)
+    out = cols[first_max, np.arange(cols.shape[1])].reshape(N, C, Ho, Wo)
+    return out, (x.shape, x.dtype, pool_param, first_max)
+
+
+def max_pool_backward_im2col(dout, cache):
+    """Backward of max_pool_forward_im2col. Returns dx (N, C, H, W)."""
+    (N, C, H, W), dtype, pool_param, first_max = cache
+    ph, pw, stride = pool_param["pool_height"], pool_param["pool_width"], pool_param["stride"]
+    Ho, Wo = pool_output_size(H, W, ph, pw, stride)
+    dout = _upstream_grad(dout, (N, C, Ho, Wo), dtype)
+    dcols = np.zeros((ph * pw, first_max.size), dtype=dtype)
+    dcols[first_max, np.arange(first_max.size)] = dout.ravel()
+    dx = np.empty((N * C, 1, H, W), dtype=dtype)
+    _col2im_samples(dcols, dx, 0, ph, pw, 0, stride, Ho, Wo)
+    return dx.reshape(N, C, H, W)
+
+
+def avg_pool_forward_fast(x, pool_param):
+    """Average pooling (pool_param as for max pooling). Returns out (N, C, H', W'), cache."""
+    x, (ph, pw, stride, Ho, Wo) = _pool_operands(x, pool_param)
+    N, C, H, W = x.shape
+    out = np.empty((N, C, Ho, Wo), dtype=x.dtype)
+    _avg_pool_planes(x.reshape(N * C, H, W), out.reshape(N * C, Ho, Wo), ph, pw, stride)
+    return out, (x.shape, x.dtype, (ph, pw, stride, Ho, Wo))
+
+
+def avg_pool_backward_fast(dout, cache):
+    """Spreads each output gradient evenly over its window. Returns dx (N, C, H, W)."""
+    (N, C, H, W), dtype, (ph, pw, stride, Ho, Wo) = cache
+    dout = _upstream_grad(dout, (N, C, Ho, Wo), dtype)
+    dx = np.empty((N, C, H, W), dtype=dtype)
+    _avg_unpool_planes(dout.reshape(N * C, Ho, Wo), dx.reshape(N * C, H, W), ph, pw, stride)
+    return dx
+
+
+def global_avg_pool_forward_fast(x):
+    """Mean over each channel's spatial positions. x: (N, C, H, W) -> out (N, C), cache."""
+    check_float_array(x, "x", ndim=4)
+    x = np.ascontiguousarray(x)
+    N, C, H, W = x.shape
+    out = np.empty((N, C), dtype=x.dtype)
+    _plane_means(x.reshape(N * C, H * W), out.reshape(N * C))
+    return out, (x.shape, x.dtype)
+
+
+def global_avg_pool_backward_fast(dout, cache):
+    """dout: (N, C). Returns dx (N, C, H, W) with dout / (H W) at every position."""
+    (N, C, H, W), dtype = cache
+    dout = _upstream_grad(dout, (N, C), dtype)
+    dx = np.empty((N, C, H, W), dtype=dtype)
+    _spread_means(dout.reshape(N * C), dx.reshape(N * C, H * W))
+    return dx

@@ -1,0 +1,517 @@
+"""convlab.fast_layers: equal to the naive layers, correct gradients, dtypes kept, clear errors."""
+
+import threading
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from convlab import fast_layers as fl
+from convlab.gradient_check import eval_numerical_gradient_array, rel_error
+from convlab.layers import (
+    avg_pool_backward_naive,
+    avg_pool_forward_naive,
+    conv_backward_naive,
+    conv_forward_naive,
+    max_pool_backward_naive,
+    max_pool_forward_naive,
+)
+
+CONV_VARIANTS = [
+    (fl.conv_forward_fast, fl.conv_backward_fast),
+    (fl.conv_forward_im2col, fl.conv_backward_im2col),
+    (fl.conv_forward_strides, fl.conv_backward_strides),
+]
+MAX_POOL_VARIANTS = [
+    (fl.max_pool_forward_fast, fl.max_pool_backward_fast),
+    (fl.max_pool_forward_im2col, fl.max_pool_backward_im2col),
+]
+HYPOTHESIS = settings(max_examples=30, deadline=None)
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(231)
+
+
+# -------------------------------------------------------------------- NumPy references
+
+
+def im2col_reference(x, fh, fw, pad, stride):
+    """cs231n layout by explicit loops: row (c, i, j), column (h', w', n)."""
+    N, C, H, W = x.shape
+    padded = np.pad(x, ((0, 0), (0, 0), (pad, pad), (pad, pad)))
+    Ho, Wo = 1 + (H + 2 * pad - fh) // stride, 1 + (W + 2 * pad - fw) // stride
+    cols = np.empty((C * fh * fw, Ho * Wo * N), dtype=x.dtype)
+    for c in range(C):
+        for i in range(fh):
+            for j in range(fw):
+                for yo in range(Ho):
+                    for xo in range(Wo):
+                        col = (yo * Wo + xo) * N
+                        cols[(c * fh + i) * fw + j, col:col + N] = padded[
+                            :, c, yo * stride + i, xo * stride + j
+                        ]
+    return cols
+
+
+def col2im_reference(cols, N, C, H, W, fh, fw, pad, stride):
+    Ho, Wo = 1 + (H + 2 * pad - fh) // stride, 1 + (W + 2 * pad - fw) // stride
+    padded = np.zeros((N, C, H + 2 * pad, W + 2 * pad), dtype=cols.dtype)
+    for c in range(C):
+        for i in range(fh):
+            for j in range(fw):
+                for yo in range(Ho):
+                    for xo in range(Wo):
+                        col = (yo * Wo + xo) * N
+                        padded[:, c, yo * stride + i, xo * stride + j] += cols[
+                            (c * fh + i) * fw + j, col:col + N
+                        ]
+    return padded[:, :, pad:pad + H, pad:pad + W]
+
+
+def distinct_values(rng, shape, spacing=1e-2):
+    """Shuffled, evenly spaced values: no ties in a pooling window, even under a ±1e-5 probe."""
+    values = rng.permutation(int(np.prod(shape))) * spacing
+    return (values - values.mean()).reshape(shape)
+
+
+def relative_to(reference, value):
+    """max |value - reference| / max |reference|: the error scale of a float32 result."""
+    scale = max(np.abs(reference).max(), 1e-30)
+    return np.abs(np.asarray(value, np.float64) - reference).max() / scale
+
+
+# ------------------------------------------------------------------------ strategies
+
+
+@st.composite
+def conv_geometries(draw):
+    """(N, C, H, W, F, HH, WW, stride, pad) whose filter fits the padded input."""
+    HH, WW = draw(st.integers(1, 5)), draw(st.integers(1, 5))
+    pad, stride = draw(st.integers(0, 3)), draw(st.integers(1, 3))
+    H = draw(st.integers(max(1, HH - 2 * pad), HH - 2 * pad + 8))
+    W = draw(st.integers(max(1, WW - 2 * pad), WW - 2 * pad + 8))
+    N, C, F = draw(st.integers(1, 3)), draw(st.integers(1, 4)), draw(st.integers(1, 4))
+    return N, C, H, W, F, HH, WW, stride, pad
+
+
+@st.composite
+def pool_geometries(draw):
+    """(N, C, H, W, pool_height, pool_width, stride), windows tiling the input or not."""
+    ph, pw, stride = draw(st.integers(1, 4)), draw(st.integers(1, 4)), draw(st.integers(1, 3))
+    H, W = draw(st.integers(ph, ph + 7)), draw(st.integers(pw, pw + 7))
+    return draw(st.integers(1, 3)), draw(st.integers(1, 4)), H, W, ph, pw, stride
+
+
+def conv_inputs(rng, geometry, dtype=np.float64):
+    N, C, H, W, F, HH, WW, stride, pad = geometry
+    x = rng.standard_normal((N, C, H, W)).astype(dtype)
+    w = rng.standard_normal((F, C, HH, WW)).astype(dtype)
+    b = rng.standard_normal(F).astype(dtype)
+    return x, w, b, {"stride": stride, "pad": pad}
+
+
+# ------------------------------------------------------------------------- im2col
+
+
+@HYPOTHESIS
+@given(geometry=conv_geometries(), seed=st.integers(0, 2**16))
+def test_im2col_and_col2im_match_loop_reference(geometry, seed):
+    rng = np.random.default_rng(seed)
+    N, C, H, W, _, fh, fw, stride, pad = geometry
+    x = rng.standard_normal((N, C, H, W))
+    cols = fl.im2col_cython(x, fh, fw, pad, stride)
+    np.testing.assert_array_equal(cols, im2col_reference(x, fh, fw, pad, stride))
+    dcols = rng.standard_normal(cols.shape)
+    np.testing.assert_allclose(
+        fl.col2im_cython(dcols, N, C, H, W, fh, fw, pad, stride),
+        col2im_reference(dcols, N, C, H, W, fh, fw, pad, stride),
+        rtol=1e-12, atol=1e-12,
+    )
+
+
+def test_im2col_layout_is_cs231n():
+    # Two samples, one channel, 1x1 field: column (h' W' + w') N + n holds x[n, 0, h', w'].
+    x = np.arange(2 * 1 * 2 * 3, dtype=np.float64).reshape(2, 1, 2, 3)
+    cols = fl.im2col_cython(x, 1, 1, 0, 1)
+    np.testing.assert_array_equal(cols[0], x[:, 0].transpose(1, 2, 0).ravel())
+
+
+@pytest.mark.parametrize("fh, fw, pad, stride", [(3, 3, 1, 1), (2, 4, 0, 2), (5, 1, 3, 3)])
+def test_col2im_is_the_adjoint_of_im2col(rng, fh, fw, pad, stride):
+    N, C, H, W = 2, 3, 9, 8
+    x = rng.standard_normal((N, C, H, W))
+    cols = fl.im2col_cython(x, fh, fw, pad, stride)
+    c = rng.standard_normal(cols.shape)
+    lhs = np.vdot(cols, c)
+    rhs = np.vdot(x, fl.col2im_cython(c, N, C, H, W, fh, fw, pad, stride))
+    assert lhs == pytest.approx(rhs, rel=1e-12)
+
+
+def test_kernels_keep_float32(rng):
+    x = rng.standard_normal((2, 3, 6, 6)).astype(np.float32)
+    cols = fl.im2col_cython(x, 3, 3, 1, 1)
+    assert cols.dtype == np.float32
+    assert fl.col2im_cython(cols, 2, 3, 6, 6, 3, 3, 1, 1).dtype == np.float32
+
+
+def test_col2im_rejects_wrong_column_shape(rng):
+    with pytest.raises(ValueError, match="cols must have shape"):
+        fl.col2im_cython(rng.standard_normal((9, 10)), 2, 1, 4, 4, 3, 3, 1, 1)
+
+
+# ---------------------------------------------------------------------- convolution
+
+
+@HYPOTHESIS
+@given(geometry=conv_geometries(), seed=st.integers(0, 2**16))
+def test_conv_variants_match_naive(geometry, seed):
+    rng = np.random.default_rng(seed)
+    x, w, b, conv_param = conv_inputs(rng, geometry)
+    expected, naive_cache = conv_forward_naive(x, w, b, conv_param)
+    dout = rng.standard_normal(expected.shape)
+    expected_grads = conv_backward_naive(dout, naive_cache)
+    for forward, backward in CONV_VARIANTS:
+        out, cache = forward(x, w, b, conv_param)
+        np.testing.assert_allclose(out, expected, rtol=1e-10, atol=1e-10)
+        for grad, expected_grad in zip(backward(dout, cache), expected_grads, strict=True):
+            np.testing.assert_allclose(grad, expected_grad, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize(
+    "geometry",
+    [
+        (64, 3, 32, 32, 8, 3, 3, 1, 1),  # a full CIFAR batch
+        (1, 3, 32, 32, 4, 7, 7, 1, 3),  # batch of one, large filter
+        (5, 4, 11, 7, 3, 3, 2, 2, 1),  # odd sizes, non-square filter, stride 2
+        (3, 2, 9, 9, 2, 4, 4, 3, 0),  # stride 3 that leaves a border unused
+        (2, 6, 4, 4, 5, 1, 1, 1, 0),  # 1x1 convolution
+    ],
+)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_conv_fast_matches_naive(rng, geometry, dtype):
+    x, w, b, conv_param = conv_inputs(rng, geometry)
+    expected, naive_cache = conv_forward_naive(x, w, b, conv_param)
+    dout = rng.standard_normal(expected.shape)
+    expected_grads = conv_backward_naive(dout, naive_cache)
+    cast = lambda a: a.astype(dtype)
+    out, cache = fl.conv_forward_fast(cast(x), cast(w), cast(b), conv_param)
+    grads = fl.conv_backward_fast(cast(dout), cache)
+    tol = 1e-5 if dtype == np.float32 else 1e-10
+    assert out.dtype == dtype and all(g.dtype == dtype for g in grads)
+    assert relative_to(expected, out) < tol
+    for grad, expected_grad in zip(grads, expected_grads, strict=True):
+        assert relative_to(expected_grad, grad) < tol
+
+
+@pytest.mark.parametrize("chunk_bytes", [1, 5000, 1 << 30])
+def test_conv_fast_is_independent_of_chunking(rng, monkeypatch, chunk_bytes):
+    x, w, b, conv_param = conv_inputs(rng, (7, 3, 6, 5, 4, 3, 3, 1, 1))
+    expected, naive_cache = conv_forward_naive(x, w, b, conv_param)
+    dout = rng.standard_normal(expected.shape)
+    expected_grads = conv_backward_naive(dout, naive_cache)
+    monkeypatch.setattr(fl, "_CHUNK_BYTES", chunk_bytes)
+    out, cache = fl.conv_forward_fast(x, w, b, conv_param)
+    np.testing.assert_allclose(out, expected, rtol=1e-10, atol=1e-10)
+    for grad, expected_grad in zip(fl.conv_backward_fast(dout, cache), expected_grads,
+                                   strict=True):
+        np.testing.assert_allclose(grad, expected_grad, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("forward, backward", CONV_VARIANTS)
+def test_conv_gradients_numerically(rng, forward, backward):
+    x, w, b, conv_param = conv_inputs(rng, (2, 3, 7, 6, 3, 3, 2, 2, 1))
+    out, cache = forward(x, w, b, conv_param)
+    dout = rng.standard_normal(out.shape)
+    dx, dw, db = backward(dout, cache)
+    conv = lambda x_, w_, b_: forward(x_, w_, b_, conv_param)[0]
+    assert rel_error(dx, eval_numerical_gradient_array(lambda v: conv(v, w, b), x, dout)) < 1e-7
+    assert rel_error(dw, eval_numerical_gradient_array(lambda v: conv(x, v, b), w, dout)) < 1e-7
+    assert rel_error(db, eval_numerical_gradient_array(lambda v: conv(x, w, v), b, dout)) < 1e-7
+
+
+@pytest.mark.parametrize("forward, backward", CONV_VARIANTS)
+def test_conv_without_bias(rng, forward, backward):
+    x, w, b, conv_param = conv_inputs(rng, (2, 3, 6, 6, 4, 3, 3, 1, 1))
+    out, cache = forward(x, w, None, conv_param)
+    expected, _ = conv_forward_naive(x, w, np.zeros_like(b), conv_param)
+    np.testing.assert_allclose(out, expected, rtol=1e-10, atol=1e-10)
+    dx, dw, db = backward(np.ones_like(out), cache)
+    assert db is None and dx.shape == x.shape and dw.shape == w.shape
+
+
+def test_empty_batch(rng):
+    x, w, b, conv_param = conv_inputs(rng, (0, 3, 6, 6, 4, 3, 3, 1, 1))
+    out, cache = fl.conv_forward_fast(x, w, b, conv_param)
+    assert out.shape == (0, 4, 6, 6)
+    dx, dw, db = fl.conv_backward_fast(out, cache)
+    assert dx.shape == x.shape and not dw.any() and not db.any()
+    out, cache = fl.max_pool_forward_fast(x, {"pool_height": 2, "pool_width": 2, "stride": 2})
+    assert fl.max_pool_backward_fast(out, cache).shape == x.shape
+
+
+def test_conv_fast_backward_can_run_twice_on_one_cache(rng):
+    x, w, b, conv_param = conv_inputs(rng, (3, 2, 5, 5, 2, 3, 3, 1, 1))
+    out, cache = fl.conv_forward_fast(x, w, b, conv_param)
+    dout = rng.standard_normal(out.shape)
+    first = fl.conv_backward_fast(dout, cache)
+    second = fl.conv_backward_fast(dout, cache)
+    for a, b_ in zip(first, second, strict=True):
+        np.testing.assert_array_equal(a, b_)
+
+
+def test_conv_fast_accepts_non_contiguous_inputs(rng):
+    x, w, b, conv_param = conv_inputs(rng, (2, 3, 8, 8, 4, 3, 3, 1, 1))
+    x_view = np.ascontiguousarray(x.transpose(0, 1, 3, 2)).transpose(0, 1, 3, 2)
+    w_view = np.repeat(w, 2, axis=0)[::2]
+    b_view = np.repeat(b, 2)[::2]
+    assert not (x_view.flags.c_contiguous or w_view.flags.c_contiguous)
+    expected, naive_cache = conv_forward_naive(x, w, b, conv_param)
+    out, cache = fl.conv_forward_fast(x_view, w_view, b_view, conv_param)
+    np.testing.assert_allclose(out, expected, rtol=1e-10, atol=1e-10)
+    dout = np.asfortranarray(rng.standard_normal(out.shape))
+    for grad, expected_grad in zip(fl.conv_backward_fast(dout, cache),
+                                   conv_backward_naive(dout, naive_cache), strict=True):
+        np.testing.assert_allclose(grad, expected_grad, rtol=1e-10, atol=1e-10)
+
+
+def test_conv_fast_is_thread_safe(rng):
+    inputs = [conv_inputs(rng, (4, 3, 12, 12, 5, 3, 3, 1, 1)) for _ in range(4)]
+    expected = [conv_forward_naive(*args)[0] for args in inputs]
+    results = [None] * len(inputs)
+
+    def work(k):
+        for _ in range(5):
+            results[k] = fl.conv_forward_fast(*inputs[k])[0]
+
+    threads = [threading.Thread(target=work, args=(k,)) for k in range(len(inputs))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for out, ref in zip(results, expected, strict=True):
+        np.testing.assert_allclose(out, ref, rtol=1e-10, atol=1e-10)
+
+
+def test_parallel_kernels_match_serial_ones(rng):
+    x, w, b, conv_param = conv_inputs(rng, (5, 3, 9, 8, 4, 3, 2, 2, 1))
+    pool_param = {"pool_height": 3, "pool_width": 2, "stride": 2}
+
+    def run_all():
+        out, cache = fl.conv_forward_fast(x, w, b, conv_param)
+        results = [out, *fl.conv_backward_fast(out, cache)]
+        for forward, backward in [(fl.max_pool_forward_fast, fl.max_pool_backward_fast),
+                                  (fl.avg_pool_forward_fast, fl.avg_pool_backward_fast)]:
+            out, cache = forward(x, pool_param)
+            results += [out, backward(out, cache)]
+        out, cache = fl.global_avg_pool_forward_fast(x)
+        cols = fl.im2col_cython(x, 3, 2, 1, 2)
+        return results + [out, fl.global_avg_pool_backward_fast(out, cache), cols,
+                          fl.col2im_cython(cols, 5, 3, 9, 8, 3, 2, 1, 2)]
+
+    try:
+        fl._set_kernel_threads(1)
+        serial = run_all()
+        fl._set_kernel_threads(2)
+        parallel = run_all()
+    finally:
+        fl._set_kernel_threads(fl._threads_from_environment())
+    for a, b_ in zip(serial, parallel, strict=True):
+        np.testing.assert_array_equal(a, b_)
+
+
+# ------------------------------------------------------------------------ max pooling
+
+
+@HYPOTHESIS
+@given(geometry=pool_geometries(), seed=st.integers(0, 2**16))
+def test_max_pool_variants_match_naive(geometry, seed):
+    rng = np.random.default_rng(seed)
+    N, C, H, W, ph, pw, stride = geometry
+    x = distinct_values(rng, (N, C, H, W))
+    pool_param = {"pool_height": ph, "pool_width": pw, "stride": stride}
+    expected, naive_cache = max_pool_forward_naive(x, pool_param)
+    dout = rng.standard_normal(expected.shape)
+    expected_dx = max_pool_backward_naive(dout, naive_cache)
+    for forward, backward in MAX_POOL_VARIANTS:
+        out, cache = forward(x, pool_param)
+        np.testing.assert_array_equal(out, expected)
+        np.testing.assert_allclose(backward(dout, cache), expected_dx, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("shape, size", [((2, 3, 8, 6), 2), ((1, 2, 9, 9), 3), ((3, 1, 4, 4), 1)])
+def test_max_pool_reshape_matches_naive(rng, shape, size):
+    x = distinct_values(rng, shape)
+    pool_param = {"pool_height": size, "pool_width": size, "stride": size}
+    expected, naive_cache = max_pool_forward_naive(x, pool_param)
+    out, cache = fl.max_pool_forward_reshape(x, pool_param)
+    np.testing.assert_array_equal(out, expected)
+    dout = rng.standard_normal(out.shape)
+    np.testing.assert_array_equal(
+        fl.max_pool_backward_reshape(dout, cache), max_pool_backward_naive(dout, naive_cache)
+    )
+
+
+@pytest.mark.parametrize(
+    "pool_param",
+    [
+        {"pool_height": 2, "pool_width": 2, "stride": 1},
+        {"pool_height": 2, "pool_width": 3, "stride": 2},
+        {"pool_height": 3, "pool_width": 3, "stride": 3},  # 8 is not a multiple of 3
+    ],
+)
+def test_max_pool_reshape_rejects_windows_that_do_not_tile(rng, pool_param):
+    with pytest.raises(ValueError, match="tile"):
+        fl.max_pool_forward_reshape(rng.standard_normal((1, 1, 8, 8)), pool_param)
+
+
+def test_max_pool_ties_route_to_the_first_maximum():
+    x = np.zeros((1, 1, 2, 2))
+    out, cache = fl.max_pool_forward_fast(x, {"pool_height": 2, "pool_width": 2, "stride": 2})
+    dx = fl.max_pool_backward_fast(np.ones_like(out), cache)
+    np.testing.assert_array_equal(dx, [[[[1.0, 0.0], [0.0, 0.0]]]])
+
+
+@pytest.mark.parametrize("forward, backward", [
+    *MAX_POOL_VARIANTS, (fl.max_pool_forward_reshape, fl.max_pool_backward_reshape),
+])
+def test_max_pool_gradients_numerically(rng, forward, backward):
+    x = distinct_values(rng, (2, 3, 8, 6))
+    pool_param = {"pool_height": 2, "pool_width": 2, "stride": 2}
+    out, cache = forward(x, pool_param)
+    dout = rng.standard_normal(out.shape)
+    numerical = eval_numerical_gradient_array(lambda v: forward(v, pool_param)[0], x, dout)
+    assert rel_error(backward(dout, cache), numerical) < 1e-7
+
+
+# ------------------------------------------------------------------------ average pooling
+
+
+@HYPOTHESIS
+@given(geometry=pool_geometries(), seed=st.integers(0, 2**16))
+def test_avg_pool_matches_naive(geometry, seed):
+    rng = np.random.default_rng(seed)
+    N, C, H, W, ph, pw, stride = geometry
+    x = rng.standard_normal((N, C, H, W))
+    pool_param = {"pool_height": ph, "pool_width": pw, "stride": stride}
+    expected, naive_cache = avg_pool_forward_naive(x, pool_param)
+    out, cache = fl.avg_pool_forward_fast(x, pool_param)
+    np.testing.assert_allclose(out, expected, rtol=1e-12, atol=1e-12)
+    dout = rng.standard_normal(out.shape)
+    np.testing.assert_allclose(fl.avg_pool_backward_fast(dout, cache),
+                               avg_pool_backward_naive(dout, naive_cache), rtol=1e-12, atol=1e-12)
+
+
+def test_pooling_gradients_numerically(rng):
+    x = rng.standard_normal((2, 3, 7, 5))
+    pool_param = {"pool_height": 3, "pool_width": 2, "stride": 2}
+    out, cache = fl.avg_pool_forward_fast(x, pool_param)
+    dout = rng.standard_normal(out.shape)
+    numerical = eval_numerical_gradient_array(
+        lambda v: fl.avg_pool_forward_fast(v, pool_param)[0], x, dout
+    )
+    assert rel_error(fl.avg_pool_backward_fast(dout, cache), numerical) < 1e-7
+
+    out, cache = fl.global_avg_pool_forward_fast(x)
+    dout = rng.standard_normal(out.shape)
+    numerical = eval_numerical_gradient_array(
+        lambda v: fl.global_avg_pool_forward_fast(v)[0], x, dout
+    )
+    assert rel_error(fl.global_avg_pool_backward_fast(dout, cache), numerical) < 1e-7
+
+
+def test_global_avg_pool_matches_mean(rng):
+    x = rng.standard_normal((3, 4, 5, 6))
+    out, cache = fl.global_avg_pool_forward_fast(x)
+    np.testing.assert_allclose(out, x.mean(axis=(2, 3)), rtol=1e-12)
+    dout = rng.standard_normal((3, 4))
+    dx = fl.global_avg_pool_backward_fast(dout, cache)
+    np.testing.assert_allclose(dx, np.broadcast_to(dout[:, :, None, None] / 30, x.shape))
+
+
+# ------------------------------------------------------------------ dtypes and errors
+
+POOL_PARAM = {"pool_height": 2, "pool_width": 2, "stride": 2}
+POOL_LAYERS = [
+    *MAX_POOL_VARIANTS,
+    (fl.max_pool_forward_reshape, fl.max_pool_backward_reshape),
+    (fl.avg_pool_forward_fast, fl.avg_pool_backward_fast),
+]
+
+
+@pytest.mark.parametrize("forward, backward", CONV_VARIANTS)
+def test_conv_keeps_float32(rng, forward, backward):
+    x, w, b, conv_param = conv_inputs(rng, (2, 3, 6, 6, 4, 3, 3, 1, 1), np.float32)
+    out, cache = forward(x, w, b, conv_param)
+    assert out.dtype == np.float32
+    assert all(g.dtype == np.float32 for g in backward(np.ones_like(out), cache))
+
+
+def test_float64_upstream_gradient_does_not_upcast_a_float32_layer(rng):
+    x, w, b, conv_param = conv_inputs(rng, (2, 3, 6, 6, 4, 3, 3, 1, 1), np.float32)
+    out, cache = fl.conv_forward_fast(x, w, b, conv_param)
+    grads = fl.conv_backward_fast(np.ones(out.shape), cache)
+    assert all(g.dtype == np.float32 for g in grads)
+
+
+@pytest.mark.parametrize("forward, backward", POOL_LAYERS)
+def test_pooling_keeps_float32(rng, forward, backward):
+    x = rng.standard_normal((2, 3, 6, 6)).astype(np.float32)
+    out, cache = forward(x, POOL_PARAM)
+    assert out.dtype == np.float32
+    assert backward(np.ones_like(out), cache).dtype == np.float32
+    out, cache = fl.global_avg_pool_forward_fast(x)
+    assert out.dtype == np.float32
+    assert fl.global_avg_pool_backward_fast(np.ones_like(out), cache).dtype == np.float32
+
+
+@pytest.mark.parametrize("forward, backward", CONV_VARIANTS)
+def test_conv_rejects_mixed_or_integer_dtypes(rng, forward, backward):
+    x, w, b, conv_param = conv_inputs(rng, (2, 3, 6, 6, 4, 3, 3, 1, 1))
+    with pytest.raises(TypeError, match="dtype"):
+        forward(x.astype(np.float32), w, b, conv_param)
+    with pytest.raises(TypeError, match="dtype"):
+        forward(x, w, b.astype(np.float32), conv_param)
+    with pytest.raises(TypeError, match="float32 or float64"):
+        forward(x.astype(np.int64), w.astype(np.int64), None, conv_param)
+
+
+@pytest.mark.parametrize("forward, backward", CONV_VARIANTS)
+@pytest.mark.parametrize(
+    "x_shape, w_shape, b_shape, conv_param, message",
+    [
+        ((2, 3, 6, 6), (4, 2, 3, 3), (4,), {"stride": 1, "pad": 1}, "channels"),
+        ((2, 3, 6, 6), (4, 3, 3, 3), (5,), {"stride": 1, "pad": 1}, "b must have shape"),
+        ((2, 3, 4, 4), (4, 3, 7, 7), (4,), {"stride": 1, "pad": 1}, "does not fit"),
+        ((3, 6, 6), (4, 3, 3, 3), (4,), {"stride": 1, "pad": 1}, "4-dimensional"),
+        ((2, 3, 6, 6), (4, 3, 3, 3), (4,), {"stride": 0, "pad": 1}, "stride"),
+        ((2, 3, 6, 6), (4, 3, 3, 3), (4,), {"stride": 1, "pad": -1}, "pad"),
+    ],
+)
+def test_conv_rejects_bad_geometry(rng, forward, backward, x_shape, w_shape, b_shape,
+                                   conv_param, message):
+    x, w, b = (rng.standard_normal(s) for s in (x_shape, w_shape, b_shape))
+    with pytest.raises(ValueError, match=message):
+        forward(x, w, b, conv_param)
+
+
+@pytest.mark.parametrize("forward, backward", POOL_LAYERS)
+def test_pooling_rejects_bad_input(rng, forward, backward):
+    with pytest.raises(TypeError, match="float32 or float64"):
+        forward(np.ones((1, 1, 4, 4), dtype=np.int32), POOL_PARAM)
+    with pytest.raises(ValueError, match="does not fit"):
+        forward(rng.standard_normal((1, 1, 1, 4)), POOL_PARAM)
+    with pytest.raises(ValueError, match="4-dimensional"):
+        forward(rng.standard_normal((4, 4)), POOL_PARAM)
+    out, cache = forward(rng.standard_normal((1, 1, 4, 4)), POOL_PARAM)
+    with pytest.raises(ValueError, match="dout must have shape"):
+        backward(np.ones((1, 1, 3, 2)), cache)
+
+
+def test_conv_backward_rejects_wrong_dout_shape(rng):
+    x, w, b, conv_param = conv_inputs(rng, (2, 3, 6, 6, 4, 3, 3, 1, 1))
+    _, cache = fl.conv_forward_fast(x, w, b, conv_param)
+    with pytest.raises(ValueError, match="dout must have shape"):
+        fl.conv_backward_fast(np.ones((2, 4, 5, 6)), cache)
