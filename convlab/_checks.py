@@ -59,3 +59,27 @@ def pool_output_size(H, W, pool_height, pool_width, stride):
     if pool_height > H or pool_width > W:
         raise ValueError(f"a {pool_height}x{pool_width} pool window does not fit a {H}x{W} input")
     return 1 + (H - pool_height) // stride, 1 + (W - pool_width) // stride
+
+
+def check_conv_operands(x, w, b, conv_param):
+    """Validate a convolution's x (N, C, H, W), w (F, C, HH, WW), b (F,) or None and
+    conv_param; return (stride, pad, H', W')."""
+    check_float_array(x, "x", ndim=4)
+    check_float_array(w, "w", ndim=4)
+    check_same_dtype(x, w=w, b=b)
+    _, C, H, W = x.shape
+    F, Cw, HH, WW = w.shape
+    if Cw != C:
+        raise ValueError(f"w has {Cw} input channels but x has {C}")
+    if b is not None and b.shape != (F,):
+        raise ValueError(f"b must have shape ({F},), got {b.shape}")
+    stride, pad = conv_param["stride"], conv_param["pad"]
+    return (stride, pad, *conv_output_size(H, W, HH, WW, stride, pad))
+
+
+def check_pool_input(x, pool_param):
+    """Validate a pooling layer's x (N, C, H, W) and pool_param; return
+    (pool_height, pool_width, stride, H', W')."""
+    check_float_array(x, "x", ndim=4)
+    ph, pw, stride = pool_param["pool_height"], pool_param["pool_width"], pool_param["stride"]
+    return (ph, pw, stride, *pool_output_size(x.shape[2], x.shape[3], ph, pw, stride))

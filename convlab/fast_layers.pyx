@@ -30,8 +30,9 @@ from cython.parallel cimport prange
 from libc.string cimport memcpy, memset
 
 from convlab._checks import (
+    check_conv_operands,
     check_float_array,
-    check_same_dtype,
+    check_pool_input,
     conv_output_size,
     pool_output_size,
 )
@@ -421,28 +422,14 @@ def _spread_means(const floating[::1] dout, floating[:, ::1] dx):
 
 def _conv_operands(x, w, b, conv_param):
     """Validate a convolution's inputs; return contiguous x, w, b and (stride, pad, H', W')."""
-    check_float_array(x, "x", ndim=4)
-    check_float_array(w, "w", ndim=4)
-    check_same_dtype(x, w=w, b=b)
-    N, C, H, W = x.shape
-    F, Cw, HH, WW = w.shape
-    if Cw != C:
-        raise ValueError(f"w has {Cw} input channels but x has {C}")
-    if b is not None:
-        if b.shape != (F,):
-            raise ValueError(f"b must have shape ({F},), got {b.shape}")
-        b = np.ascontiguousarray(b)
-    stride, pad = conv_param["stride"], conv_param["pad"]
-    Ho, Wo = conv_output_size(H, W, HH, WW, stride, pad)
-    return np.ascontiguousarray(x), np.ascontiguousarray(w), b, (stride, pad, Ho, Wo)
+    geometry = check_conv_operands(x, w, b, conv_param)
+    b = None if b is None else np.ascontiguousarray(b)
+    return np.ascontiguousarray(x), np.ascontiguousarray(w), b, geometry
 
 
 def _pool_operands(x, pool_param):
     """Validate a pooling input; return contiguous x and (ph, pw, stride, H', W')."""
-    check_float_array(x, "x", ndim=4)
-    ph, pw, stride = pool_param["pool_height"], pool_param["pool_width"], pool_param["stride"]
-    Ho, Wo = pool_output_size(x.shape[2], x.shape[3], ph, pw, stride)
-    return np.ascontiguousarray(x), (ph, pw, stride, Ho, Wo)
+    return np.ascontiguousarray(x), check_pool_input(x, pool_param)
 
 
 def _upstream_grad(dout, shape, dtype):

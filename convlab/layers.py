@@ -8,11 +8,11 @@ their dtype: float32 in, float32 out; gradient checks run in float64.
 import numpy as np
 
 from convlab._checks import (
+    check_conv_operands,
     check_float_array,
     check_labels,
+    check_pool_input,
     check_same_dtype,
-    conv_output_size,
-    pool_output_size,
 )
 
 # ----------------------------------------------------------------------------- affine / relu
@@ -361,17 +361,9 @@ def conv_forward_naive(x, w, b, conv_param):
     conv_param: 'stride', 'pad' (zero padding on every side).
     Returns out (N, F, H', W') with H' = 1 + (H + 2 pad - HH) // stride, and cache.
     """
-    check_float_array(x, "x", ndim=4)
-    check_float_array(w, "w", ndim=4)
-    check_same_dtype(x, w=w, b=b)
-    N, C, H, W = x.shape
-    F, Cw, HH, WW = w.shape
-    if Cw != C:
-        raise ValueError(f"w has {Cw} input channels but x has {C}")
-    if b is not None and b.shape != (F,):
-        raise ValueError(f"b must have shape ({F},), got {b.shape}")
-    stride, pad = conv_param["stride"], conv_param["pad"]
-    H_out, W_out = conv_output_size(H, W, HH, WW, stride, pad)
+    stride, pad, H_out, W_out = check_conv_operands(x, w, b, conv_param)
+    N = x.shape[0]
+    F, _, HH, WW = w.shape
 
     x_pad = _pad_spatial(x, pad)
     out = np.empty((N, F, H_out, W_out), dtype=x.dtype)
@@ -408,20 +400,13 @@ def conv_backward_naive(dout, cache):
 # ----------------------------------------------------------------------------- pooling
 
 
-def _pool_geometry(x, pool_param):
-    check_float_array(x, "x", ndim=4)
-    ph, pw, stride = pool_param["pool_height"], pool_param["pool_width"], pool_param["stride"]
-    H_out, W_out = pool_output_size(x.shape[2], x.shape[3], ph, pw, stride)
-    return ph, pw, stride, H_out, W_out
-
-
 def max_pool_forward_naive(x, pool_param):
     """Max pooling, one output position at a time.
 
     x: (N, C, H, W); pool_param: 'pool_height', 'pool_width', 'stride'.
     Returns out (N, C, H', W') with H' = 1 + (H - pool_height) // stride, and cache.
     """
-    ph, pw, stride, H_out, W_out = _pool_geometry(x, pool_param)
+    ph, pw, stride, H_out, W_out = check_pool_input(x, pool_param)
     N, C = x.shape[:2]
     out = np.empty((N, C, H_out, W_out), dtype=x.dtype)
     for i in range(H_out):
@@ -434,7 +419,7 @@ def max_pool_forward_naive(x, pool_param):
 def max_pool_backward_naive(dout, cache):
     """Routes each output gradient to the (first) maximum of its window. Returns dx."""
     x, pool_param = cache
-    ph, pw, stride, H_out, W_out = _pool_geometry(x, pool_param)
+    ph, pw, stride, H_out, W_out = check_pool_input(x, pool_param)
     N, C = x.shape[:2]
     dx = np.zeros_like(x)
     for i in range(H_out):
@@ -450,7 +435,7 @@ def max_pool_backward_naive(dout, cache):
 
 def avg_pool_forward_naive(x, pool_param):
     """Average pooling, one output position at a time; pool_param as for max pooling."""
-    ph, pw, stride, H_out, W_out = _pool_geometry(x, pool_param)
+    ph, pw, stride, H_out, W_out = check_pool_input(x, pool_param)
     N, C = x.shape[:2]
     out = np.empty((N, C, H_out, W_out), dtype=x.dtype)
     for i in range(H_out):
