@@ -137,10 +137,7 @@ def build_model(args, input_shape, num_classes):
             dtype=dtype,
             seed=args.seed,
         )
-        # The seed fixes the dropout mask (cs231n's gradient-check behaviour); training wants
-        # a fresh mask every step, so runs with dropout are not bit-reproducible on resume.
-        model.dropout_param.pop("seed", None)
-        return model
+        return unfix_dropout_masks(model, [model.dropout_param])
     if args.model == "threelayer":
         return ThreeLayerConvNet(
             input_dim=input_shape,
@@ -157,7 +154,7 @@ def build_model(args, input_shape, num_classes):
 
     if not hasattr(classifiers, "ConvNet"):
         raise ValueError(f"unknown model {args.model!r}; choose fc or threelayer")
-    return classifiers.ConvNet(
+    model = classifiers.ConvNet(
         args.model,
         input_dim=input_shape,
         num_classes=num_classes,
@@ -166,6 +163,16 @@ def build_model(args, input_shape, num_classes):
         dtype=dtype,
         seed=args.seed,
     )
+    return unfix_dropout_masks(model, model.dropout_params)
+
+
+def unfix_dropout_masks(model, dropout_params):
+    """A model's seed also fixes its dropout masks (cs231n's gradient-check behaviour);
+    training wants a fresh mask every step, so runs with dropout are not bit-reproducible
+    on resume."""
+    for param in dropout_params:
+        param.pop("seed", None)
+    return model
 
 
 # ----------------------------------------------------------------------------- outputs

@@ -93,3 +93,16 @@ def test_interrupted_run_resumes_to_same_numbers(how, tmp_path):
 
     assert main(["--resume", "--out", out]) == 0
     _assert_same_final_state(reference, out)
+
+
+@pytest.mark.parametrize(
+    "flags", [["--model", "fc", "--dropout-keep", "0.5"],
+              ["--model", "conv3-4,relu,dropout0.5,gap,fc10"]], ids=["fc", "convnet"]
+)
+def test_cli_models_draw_fresh_dropout_masks(flags, rng):
+    from convlab.train import build_model, build_parser
+
+    model = build_model(build_parser().parse_args(flags), (3, 8, 8), 10)
+    X, y = rng.standard_normal((4, 3, 8, 8)), np.array([0, 1, 2, 3])
+    losses = {model.loss(X, y)[0] for _ in range(3)}
+    assert len(losses) == 3  # a seeded model would repeat one mask, hence one loss
