@@ -547,8 +547,12 @@ def conv_forward_fast(x, w, b, conv_param):
     return out, (x, w, b is not None, stride, pad)
 
 
-def conv_backward_fast(dout, cache):
-    """dout: (N, F, H', W'). Returns dx (N, C, H, W), dw (F, C, HH, WW), db (F,) or None."""
+def conv_backward_fast(dout, cache, need_dx=True):
+    """dout: (N, F, H', W'). Returns dx (N, C, H, W), dw (F, C, HH, WW), db (F,) or None.
+
+    need_dx=False skips the input gradient (dx is returned as None): a network's first layer
+    has no use for it, and it costs a GEMM and a col2im, about half the backward pass.
+    """
     x, w, has_bias, stride, pad = cache
     N = x.shape[0]
     F, C, HH, WW = w.shape
@@ -556,7 +560,7 @@ def conv_backward_fast(dout, cache):
     P, K = Ho * Wo, C * HH * WW
     dout_rows = _upstream_grad(dout, (N, F, Ho, Wo), x.dtype).reshape(N, F, P)
     w_rows = w.reshape(F, K)
-    dx = np.empty_like(x)
+    dx = np.empty_like(x) if need_dx else None
     dw_columns = np.zeros((K, F), dtype=x.dtype)
     db = np.zeros(F, dtype=np.float64)
     for n0, nc in _sample_chunks(N, K * P * x.itemsize):
@@ -569,9 +573,10 @@ def conv_backward_fast(dout, cache):
         dw_chunk = _scratch("dw_chunk", (K, F), x.dtype)
         np.matmul(cols, grad_rows.T, out=dw_chunk)
         dw_columns += dw_chunk
-        # The columns are no longer needed: their buffer receives the column gradients.
-        np.matmul(w_rows.T, grad_rows, out=cols)
-        _col2im_samples(cols, dx, n0, HH, WW, pad, stride, Ho, Wo)
+        if need_dx:
+            # The columns are no longer needed: their buffer receives the column gradients.
+            np.matmul(w_rows.T, grad_rows, out=cols)
+            _col2im_samples(cols, dx, n0, HH, WW, pad, stride, Ho, Wo)
     dw = np.ascontiguousarray(dw_columns.T).reshape(w.shape)
     return dx, dw, db.astype(x.dtype) if has_bias else None
 

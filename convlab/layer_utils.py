@@ -88,16 +88,21 @@ def conv_bn_relu_backward(dout, cache):
 
 
 def conv_relu_pool_forward(x, w, b, conv_param, pool_param):
-    """conv -> relu -> max pool."""
+    """conv -> relu -> max pool.
+
+    Computed as conv -> max pool -> relu, which is the same function with the same gradient
+    (relu is monotone, so it commutes with max, and a window whose max is <= 0 gets zero
+    gradient either way) on a pool-size times smaller relu.
+    """
     a, conv_cache = conv_forward_fast(x, w, b, conv_param)
-    s, relu_cache = relu_forward(a)
-    out, pool_cache = max_pool_forward_fast(s, pool_param)
+    pooled, pool_cache = max_pool_forward_fast(a, pool_param)
+    out, relu_cache = relu_forward(pooled)
     return out, (conv_cache, relu_cache, pool_cache)
 
 
-def conv_relu_pool_backward(dout, cache):
-    """Returns dx, dw, db."""
+def conv_relu_pool_backward(dout, cache, need_dx=True):
+    """Returns dx, dw, db; need_dx=False skips dx (None), for a network's first layer."""
     conv_cache, relu_cache, pool_cache = cache
-    ds = max_pool_backward_fast(dout, pool_cache)
-    da = relu_backward(ds, relu_cache)
-    return conv_backward_fast(da, conv_cache)
+    dpooled = relu_backward(dout, relu_cache)
+    da = max_pool_backward_fast(dpooled, pool_cache)
+    return conv_backward_fast(da, conv_cache, need_dx=need_dx)

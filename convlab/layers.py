@@ -152,16 +152,9 @@ def _check_norm_params(x, gamma, beta, shape):
         )
 
 
-def batchnorm_forward(x, gamma, beta, bn_param):
-    """Batch normalization over the batch axis.
-
-    x: (N, D); gamma, beta: (D,); bn_param: dict with 'mode' ('train' | 'test'), optional
-    'eps' (1e-5), 'momentum' (0.9), 'running_mean', 'running_var' (D,) (created as zeros and
-    written back into bn_param). In train mode the batch statistics normalize x and update
-    running = momentum * running + (1 - momentum) * batch_stat; test mode uses the running ones.
-    Returns out (N, D) and cache (None in test mode).
-    """
-    check_float_array(x, "x", ndim=2)
+def _batchnorm_forward(x, gamma, beta, bn_param, axes):
+    """Batchnorm with statistics over ``axes`` of x and one (gamma, beta) per remaining
+    channel; shared by the flat and the spatial layer so neither needs to transpose x."""
     D = x.shape[1]
     _check_norm_params(x, gamma, beta, (D,))
     mode = bn_param.get("mode")
@@ -175,19 +168,22 @@ def batchnorm_forward(x, gamma, beta, bn_param):
         running_var = np.zeros(D, dtype=x.dtype)
     if running_mean.shape != (D,) or running_var.shape != (D,):
         raise ValueError(f"running_mean and running_var must have shape ({D},)")
+    channel_shape = (D,) + (1,) * (x.ndim - 2)  # broadcasts a (D,) vector over x's channels
+    gamma_b, beta_b = gamma.reshape(channel_shape), beta.reshape(channel_shape)
 
     if mode == "train":
-        mean = x.mean(axis=0)
-        var = x.var(axis=0)
-        inv_std = 1 / np.sqrt(var + eps)
+        mean = x.mean(axis=axes, keepdims=True)
         x_centered = x - mean
+        var = (x_centered * x_centered).mean(axis=axes, keepdims=True)
+        inv_std = 1 / np.sqrt(var + eps)
         xhat = x_centered * inv_std
-        out = gamma * xhat + beta
-        running_mean = momentum * running_mean + (1 - momentum) * mean
-        running_var = momentum * running_var + (1 - momentum) * var
-        cache = (x_centered, inv_std, xhat, gamma)
+        out = gamma_b * xhat + beta_b
+        running_mean = momentum * running_mean + (1 - momentum) * mean.reshape(D)
+        running_var = momentum * running_var + (1 - momentum) * var.reshape(D)
+        cache = (axes, x_centered, inv_std, xhat, gamma_b)
     elif mode == "test":
-        out = gamma * (x - running_mean) / np.sqrt(running_var + eps) + beta
+        scale = gamma / np.sqrt(running_var + eps)
+        out = scale.reshape(channel_shape) * (x - running_mean.reshape(channel_shape)) + beta_b
         cache = None
     else:
         raise ValueError(f"bn_param['mode'] must be 'train' or 'test', got {mode!r}")
@@ -195,6 +191,19 @@ def batchnorm_forward(x, gamma, beta, bn_param):
     bn_param["running_mean"] = running_mean.astype(x.dtype, copy=False)
     bn_param["running_var"] = running_var.astype(x.dtype, copy=False)
     return out.astype(x.dtype, copy=False), cache
+
+
+def batchnorm_forward(x, gamma, beta, bn_param):
+    """Batch normalization over the batch axis.
+
+    x: (N, D); gamma, beta: (D,); bn_param: dict with 'mode' ('train' | 'test'), optional
+    'eps' (1e-5), 'momentum' (0.9), 'running_mean', 'running_var' (D,) (created as zeros and
+    written back into bn_param). In train mode the batch statistics normalize x and update
+    running = momentum * running + (1 - momentum) * batch_stat; test mode uses the running ones.
+    Returns out (N, D) and cache (None in test mode).
+    """
+    check_float_array(x, "x", ndim=2)
+    return _batchnorm_forward(x, gamma, beta, bn_param, axes=(0,))
 
 
 def _require_train_cache(cache):
@@ -209,34 +218,34 @@ def batchnorm_backward(dout, cache):
     var = mean(xc**2). Returns dx (N, D), dgamma (D,), dbeta (D,).
     """
     _require_train_cache(cache)
-    x_centered, inv_std, xhat, gamma = cache
-    N = dout.shape[0]
-    dbeta = dout.sum(axis=0)
-    dgamma = (dout * xhat).sum(axis=0)
+    axes, x_centered, inv_std, xhat, gamma = cache
+    M = dout.size // inv_std.size  # values per statistic
+    dbeta = dout.sum(axis=axes)
+    dgamma = (dout * xhat).sum(axis=axes)
     dxhat = dout * gamma
     # xhat = xc * inv_std: two paths, directly and through inv_std.
-    dinv_std = (dxhat * x_centered).sum(axis=0)
+    dinv_std = (dxhat * x_centered).sum(axis=axes, keepdims=True)
     dxc = dxhat * inv_std
     # inv_std = (var + eps)^(-1/2)  =>  d inv_std / d var = -inv_std^3 / 2
     dvar = -0.5 * inv_std**3 * dinv_std
     # var = mean(xc^2)
-    dxc += 2 * x_centered * dvar / N
+    dxc += 2 * x_centered * dvar / M
     # xc = x - mean(x)
-    dx = dxc - dxc.mean(axis=0)
+    dx = dxc - dxc.mean(axis=axes, keepdims=True)
     return dx, dgamma, dbeta
 
 
 def batchnorm_backward_alt(dout, cache):
     """Backward through batchnorm in one closed-form expression (same result, fewer passes)."""
     _require_train_cache(cache)
-    _, inv_std, xhat, gamma = cache
-    N = dout.shape[0]
-    dbeta = dout.sum(axis=0)
-    dgamma = (dout * xhat).sum(axis=0)
+    axes, _, inv_std, xhat, gamma = cache
+    M = dout.size // inv_std.size  # values per statistic
+    dbeta = dout.sum(axis=axes, keepdims=True)
+    dgamma = (dout * xhat).sum(axis=axes, keepdims=True)
     # _normalize_backward with dxhat = gamma * dout, whose two means are exactly
-    # gamma * dbeta / N and gamma * dgamma / N: reusing them saves two passes over the batch.
-    dx = (gamma * inv_std / N) * (N * dout - dbeta - xhat * dgamma)
-    return dx, dgamma, dbeta
+    # gamma * dbeta / M and gamma * dgamma / M: reusing them saves two passes over the batch.
+    dx = (gamma * inv_std / M) * (M * dout - dbeta - xhat * dgamma)
+    return dx, dgamma.reshape(-1), dbeta.reshape(-1)
 
 
 def layernorm_forward(x, gamma, beta, ln_param):
@@ -270,20 +279,12 @@ def spatial_batchnorm_forward(x, gamma, beta, bn_param):
     x: (N, C, H, W); gamma, beta: (C,); bn_param as in batchnorm_forward.
     """
     check_float_array(x, "x", ndim=4)
-    N, C, H, W = x.shape
-    x_rows = x.transpose(0, 2, 3, 1).reshape(-1, C)  # (N*H*W, C)
-    out_rows, cache = batchnorm_forward(x_rows, gamma, beta, bn_param)
-    out = out_rows.reshape(N, H, W, C).transpose(0, 3, 1, 2)
-    return np.ascontiguousarray(out), cache
+    return _batchnorm_forward(x, gamma, beta, bn_param, axes=(0, 2, 3))
 
 
 def spatial_batchnorm_backward(dout, cache):
     """dout: (N, C, H, W). Returns dx (N, C, H, W), dgamma (C,), dbeta (C,)."""
-    N, C, H, W = dout.shape
-    dout_rows = dout.transpose(0, 2, 3, 1).reshape(-1, C)
-    dx_rows, dgamma, dbeta = batchnorm_backward_alt(dout_rows, cache)
-    dx = dx_rows.reshape(N, H, W, C).transpose(0, 3, 1, 2)
-    return np.ascontiguousarray(dx), dgamma, dbeta
+    return batchnorm_backward_alt(dout, cache)
 
 
 def spatial_groupnorm_forward(x, gamma, beta, G, gn_param):

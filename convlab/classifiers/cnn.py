@@ -86,6 +86,6 @@ class ThreeLayerConvNet(Classifier):
         grads = {}
         dhidden, grads["W3"], grads["b3"] = affine_backward(dscores, scores_cache)
         dpooled, grads["W2"], grads["b2"] = affine_relu_backward(dhidden, hidden_cache)
-        _, grads["W1"], grads["b1"] = conv_relu_pool_backward(dpooled, pool_cache)
+        _, grads["W1"], grads["b1"] = conv_relu_pool_backward(dpooled, pool_cache, need_dx=False)
         loss += self._l2(("W1", "W2", "W3"), grads)
         return loss, grads

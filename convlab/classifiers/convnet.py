@@ -295,7 +295,8 @@ def _conv_forward(layer, x, p):
 
 
 def _conv_backward(layer, dout, cache, grads):
-    dx, grads[layer.key("W")], db = conv_backward_fast(dout, cache)
+    need_dx = layer.opts.get("need_dx", True)
+    dx, grads[layer.key("W")], db = conv_backward_fast(dout, cache, need_dx=need_dx)
     if db is not None:
         grads[layer.key("b")] = db
     return dx
@@ -493,6 +494,9 @@ class ConvNet(Classifier):
             tokens.append(f"fc{num_classes}")
         named = [(f"{parse_layer(t)[0]}{i}", t) for i, t in enumerate(tokens, start=1)]
         self.layers, out_shape = self._build(named, input_dim)
+        if self.layers[0].kind == "conv":
+            # Nothing uses the gradient with respect to the images: skip its GEMM and col2im.
+            self.layers[0].opts["need_dx"] = False
         if out_shape != (num_classes,):
             raise ValueError(
                 f"the last layer {tokens[-1]!r} gives {out_shape[0]} scores but num_classes is "
