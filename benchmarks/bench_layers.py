@@ -46,8 +46,8 @@ def configure_threads(threads, wait_policy):
     """Thread pools read these when they start, so this must run before importing numpy."""
     for name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ[name] = str(threads)
-    if wait_policy == "passive":
-        os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
+    # An empty value is libgomp's default and stops `import convlab` from choosing PASSIVE.
+    os.environ["OMP_WAIT_POLICY"] = "PASSIVE" if wait_policy == "passive" else ""
 
 
 ARGS = parse_args()
