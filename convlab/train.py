@@ -23,7 +23,7 @@ from functools import partial
 import numpy as np
 
 from convlab import data_utils
-from convlab.classifiers import FullyConnectedNet, ThreeLayerConvNet
+from convlab.classifiers import ConvNet, FullyConnectedNet, ThreeLayerConvNet
 from convlab.serialization import save_model
 from convlab.solver import SCHEDULES, Solver
 
@@ -150,11 +150,7 @@ def build_model(args, input_shape, num_classes):
             dtype=dtype,
             seed=args.seed,
         )
-    from convlab import classifiers
-
-    if not hasattr(classifiers, "ConvNet"):
-        raise ValueError(f"unknown model {args.model!r}; choose fc or threelayer")
-    model = classifiers.ConvNet(
+    model = ConvNet(
         args.model,
         input_dim=input_shape,
         num_classes=num_classes,
@@ -287,8 +283,9 @@ def run(args, resume=False):
         return 130
 
     save_model(model, paths["model.npz"])
-    val_acc = solver.check_accuracy(data["X_val"], data["y_val"])
-    print(f"Best validation accuracy: {val_acc:.4f}")
+    # The Solver measured it on the whole validation set (num_val_samples=None) and kept
+    # those parameters, so there is nothing to recompute.
+    print(f"Best validation accuracy: {solver.best_val_acc:.4f}")
     if "X_test" in data:
         test_acc = solver.check_accuracy(data["X_test"], data["y_test"])
         print(f"Test accuracy: {test_acc:.4f}")

@@ -42,6 +42,8 @@ def test_cli_reports_bad_arguments(tmp_path, capsys):
     assert "nowhere" in capsys.readouterr().err
     assert main([*TINY_RUN, "--update-rule", "adamw", "--out", str(tmp_path / "r")]) == 2
     assert "adamw" in capsys.readouterr().err
+    assert main([*TINY_RUN, "--model", "nosuchnet", "--out", str(tmp_path / "r")]) == 2
+    assert "nosuchnet" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["--resume", "--out", str(tmp_path / "empty")])
 
