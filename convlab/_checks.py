@@ -83,3 +83,30 @@ def check_pool_input(x, pool_param):
     check_float_array(x, "x", ndim=4)
     ph, pw, stride = pool_param["pool_height"], pool_param["pool_width"], pool_param["stride"]
     return (ph, pw, stride, *pool_output_size(x.shape[2], x.shape[3], ph, pw, stride))
+
+
+def check_count(name, value, allow_zero=True):
+    """Return ``value`` as an int, raising TypeError/ValueError unless it is a valid count."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
+    value = int(value)
+    if value < 0 or (value == 0 and not allow_zero):
+        bound = ">= 0" if allow_zero else ">= 1"
+        raise ValueError(f"{name} must be {bound}, got {value}")
+    return value
+
+
+def check_numeric_dtype(dtype):
+    """np.dtype(dtype), TypeError unless it is a float or integer dtype."""
+    dt = np.dtype(dtype)
+    if dt.kind not in "fiu":
+        raise TypeError(f"dtype must be a numeric (float/int) dtype, got {dt}")
+    return dt
+
+
+def check_float_dtype(dtype):
+    """np.dtype(dtype), TypeError unless it is a floating-point dtype."""
+    dt = np.dtype(dtype)
+    if dt.kind != "f":
+        raise TypeError(f"dtype must be a floating-point dtype, got {dt}")
+    return dt

@@ -326,7 +326,9 @@ def dropout_forward(x, dropout_param):
 
     dropout_param: 'mode' ('train' | 'test'), 'p' (keep probability in (0, 1]), optional
     'seed' (int): the same seed gives the same mask, drawn from its own np.random.Generator so
-    NumPy's global random state is never touched. Test mode is the identity.
+    NumPy's global random state is never touched; optional 'rng' (a np.random.Generator,
+    used instead of 'seed'): the mask is drawn from it, fresh on every call (the Solver lends
+    its own generator this way while it trains). Test mode is the identity.
     Returns out (x's shape) and cache (dropout_param, mask).
     """
     check_float_array(x, "x")
@@ -338,7 +340,7 @@ def dropout_forward(x, dropout_param):
         raise ValueError(f"dropout_param['mode'] must be 'train' or 'test', got {mode!r}")
     if mode == "test" or p == 1:
         return x, (dropout_param, None)
-    rng = np.random.default_rng(dropout_param.get("seed"))
+    rng = dropout_param.get("rng") or np.random.default_rng(dropout_param.get("seed"))
     mask = (rng.random(x.shape) < p).astype(x.dtype) / x.dtype.type(p)
     return x * mask, (dropout_param, mask)
 

@@ -6,7 +6,7 @@ Environment variables read here:
   and one or two epochs, so the notebooks execute in seconds (used by the tests / CI).
 - ``CONVLAB_NOTEBOOK_FIGDIR``: when set, :func:`save_figure` writes figures as PNG there.
 - ``CONVLAB_DATASET``: ``auto`` (default: CIFAR-10 when found, else the built-in dataset),
-  ``cifar10`` or ``builtin``.
+  ``cifar10``, ``builtin`` or the path of an image folder or tarball.
 """
 
 import os
@@ -17,10 +17,6 @@ import numpy as np
 FAST_ENV = "CONVLAB_FAST"
 FIGDIR_ENV = "CONVLAB_NOTEBOOK_FIGDIR"
 DATASET_ENV = "CONVLAB_DATASET"
-
-CIFAR10_CLASSES = [
-    "plane", "car", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck",
-]
 
 _TRUE = {"1", "true", "yes", "on"}
 
@@ -39,43 +35,31 @@ def load_course_data(num_train=5000, num_val=500, num_test=500, source=None, see
                      dtype=np.float32, verbose=True):
     """Training data for the notebooks: CIFAR-10 when available, else the built-in dataset.
 
-    ``source`` is ``'auto'``, ``'cifar10'`` or ``'builtin'`` (default: ``$CONVLAB_DATASET`` or
-    ``'auto'``). CIFAR-10 comes from :func:`convlab.data_utils.get_CIFAR10_data` (mean image
-    subtracted); the built-in images from :func:`convlab.data_utils.load_builtin_dataset`
-    (normalised per channel; ``seed`` selects the images).
+    ``source`` is anything :func:`convlab.data.load_dataset` takes: ``'auto'``,
+    ``'cifar10'``, ``'builtin'`` or the path of an image folder or tarball (default:
+    ``$CONVLAB_DATASET`` or ``'auto'``). CIFAR-10 has its mean image subtracted (the cs231n
+    recipe); built-in and folder images are normalised per channel; ``seed`` selects the
+    built-in images. For a folder, ``num_train`` caps the training split.
 
     Returns a dict with ``X_train (num_train, 3, 32, 32)``, ``y_train``, ``X_val``, ``y_val``,
-    ``X_test``, ``y_test``, ``class_names`` (10 str) and ``source`` (``'cifar10'`` or
-    ``'builtin'``).
+    ``X_test`` and ``y_test`` (not for folders), ``class_names`` and ``source``
+    (``'cifar10'``, ``'builtin'`` or ``'folder'``).
     """
-    from convlab import data_utils
+    from convlab.data import load_dataset
 
-    source = (source or os.environ.get(DATASET_ENV) or "auto").strip().lower()
-    if source not in ("auto", "cifar10", "builtin"):
-        raise ValueError(f"source must be 'auto', 'cifar10' or 'builtin', got {source!r}")
-    data = None
-    if source in ("auto", "cifar10"):
-        try:
-            data = data_utils.get_CIFAR10_data(
-                num_training=num_train, num_validation=num_val, num_test=num_test, dtype=dtype
-            )
-        except FileNotFoundError:
-            if source == "cifar10":
-                raise
-        else:
-            data["class_names"] = list(CIFAR10_CLASSES)
-            data["source"] = "cifar10"
-    if data is None:
-        data = data_utils.load_builtin_dataset(
-            num_train=num_train, num_val=num_val, num_test=num_test, seed=seed, dtype=dtype
-        )
-        data["source"] = "builtin"
+    source = (source or os.environ.get(DATASET_ENV) or "auto").strip()
+    if source.lower() in ("auto", "cifar10", "builtin"):
+        source = source.lower()
+    folder = source not in ("auto", "cifar10", "builtin")
+    data = load_dataset(source, sizes=None if folder else (num_train, num_val, num_test),
+                        seed=seed, dtype=dtype, num_train=num_train if folder else None)
     if verbose:
-        what = "CIFAR-10" if data["source"] == "cifar10" else "built-in procedural dataset"
-        print(
-            f"Using {what}: {len(data['X_train'])} train / {len(data['X_val'])} val / "
-            f"{len(data['X_test'])} test images" + (" (fast mode)" if fast_mode() else "")
-        )
+        splits = " / ".join(f"{len(data['X_' + split])} {split}"
+                            for split in ("train", "val", "test") if "X_" + split in data)
+        print(f"Using {data.pop('description')}: {splits} images"
+              + (" (fast mode)" if fast_mode() else ""))
+    else:
+        data.pop("description")
     return data
 
 

@@ -1,54 +1,86 @@
-"""Solver: trains a classifier with minibatch gradient descent.
+"""Solver: trains a classifier with minibatch gradient descent (the cs231n training loop).
 
-The cs231n contract::
-
-    solver = Solver(model, data, update_rule='sgd', optim_config={'learning_rate': 1e-3},
-                    lr_decay=0.95, num_epochs=10, batch_size=100, print_every=100)
-    solver.train()
-
-``data`` holds ``X_train, y_train, X_val, y_val``; ``model`` has ``params`` and
-``loss(X, y=None)``. After ``train()`` the model holds the parameters with the best
-validation accuracy.
-
-Beyond it (all optional keyword arguments):
-
-- ``seed``: seeds the solver's own ``np.random.Generator`` (minibatches, accuracy subsamples,
-  augmentation); NumPy's global random state is never used.
-- ``shuffle=True``: each epoch visits every training example once in a fresh random order,
-  instead of cs231n's independent random minibatches.
-- ``lr_schedule``: ``'step'`` (multiply by ``lr_step_gamma``, default 0.1, every
-  ``lr_step_epochs`` epochs, default a third of the run), ``'cosine'`` (cosine decay to 0),
-  ``'onecycle'`` (linear warm-up from lr/25 over the first ``lr_warmup_frac``, default 0.3,
-  of the run, then cosine decay to lr/1e4), or a callable ``f(iteration, num_iterations) ->
-  multiplier``. Mutually exclusive with ``lr_decay``.
-- ``weight_decay``: adds ``weight_decay * w`` to the gradient of every parameter with two or
-  more dimensions (weights, not biases or batchnorm scales).
-- ``augment``: a callable ``f(X_batch, rng) -> X_batch`` applied to training minibatches.
-- ``progress``: show a tqdm progress bar (defaults to ``verbose``).
-- ``on_epoch_end``: a callable ``f(solver)`` run after each epoch's accuracy check (e.g. to
-  save a checkpoint or write metrics).
-- ``save(path)`` / ``load(path)``: the whole training state (parameters, optimizer state,
-  batchnorm statistics, histories, random state, position in the run) in one ``.npz``, so a
-  loaded solver continues exactly where the saved one stopped.
-
-A non-finite loss stops training with ``FloatingPointError`` naming the iteration.
-Ctrl-C during ``train()`` finishes the current iteration, then raises KeyboardInterrupt, so
-the state is consistent and can be saved.
+What happens around the loop (progress bar, checkpoints, metrics files, curves, early
+stopping) lives in :mod:`convlab.callbacks`; learning-rate schedules in
+:mod:`convlab.schedules`.
 """
 
-import math
 import signal
 import threading
 
 import numpy as np
 
 from convlab import optim
+from convlab.callbacks import Checkpoint, LambdaCallback, ProgressBar
+from convlab.schedules import SCHEDULES, make_schedule
 from convlab.serialization import atomic_savez, load_npz
 
-SCHEDULES = ("step", "cosine", "onecycle")
+__all__ = ["SCHEDULES", "Solver"]
+
+_DEFAULTS = dict(
+    update_rule="sgd", optim_config=None, lr_decay=1.0, batch_size=100, num_epochs=10,
+    num_train_samples=1000, num_val_samples=None, checkpoint_name=None, print_every=10,
+    verbose=True, seed=None, shuffle=False, lr_schedule=None, lr_step_epochs=None,
+    lr_step_gamma=0.1, lr_warmup_frac=0.3, weight_decay=0.0, augment=None, progress=None,
+    on_epoch_end=None, callbacks=(),
+)
 
 
 class Solver:
+    """Trains ``model`` on ``data`` with minibatch gradient descent.
+
+    The cs231n contract::
+
+        solver = Solver(model, data, update_rule='sgd', optim_config={'learning_rate': 1e-3},
+                        lr_decay=0.95, num_epochs=10, batch_size=100, print_every=100)
+        solver.train()
+
+    ``data`` holds ``X_train, y_train, X_val, y_val``; ``model`` has ``params`` and
+    ``loss(X, y=None)``. After ``train()`` the model holds the parameters with the best
+    validation accuracy.
+
+    cs231n keywords (defaults in brackets):
+
+    - ``update_rule`` ['sgd']: a name in convlab.optim or a callable ``(w, dw, config)``.
+    - ``optim_config`` [{}]: the update rule's hyperparameters, e.g. ``learning_rate``.
+    - ``lr_decay`` [1.0]: the learning rate is multiplied by it after every epoch.
+    - ``batch_size`` [100], ``num_epochs`` [10].
+    - ``num_train_samples`` [1000]: training examples sampled for the train accuracy.
+    - ``num_val_samples`` [None]: validation examples sampled (None: all).
+    - ``checkpoint_name`` [None]: save the state to ``<name>_epoch_<e>.npz`` every epoch.
+    - ``print_every`` [10]: iterations between loss lines; ``verbose`` [True]: print.
+
+    convlab keywords:
+
+    - ``seed`` [None]: seeds the solver's own np.random.Generator (minibatches, accuracy
+      subsamples, augmentation, dropout masks); NumPy's global random state is never used.
+    - ``shuffle`` [False]: each epoch visits every training example once in a fresh random
+      order, instead of cs231n's independent random minibatches.
+    - ``lr_schedule`` [None]: 'step', 'cosine', 'onecycle' (see convlab.schedules, options
+      ``lr_step_epochs``, ``lr_step_gamma`` [0.1], ``lr_warmup_frac`` [0.3]) or a callable
+      ``f(iteration, num_iterations) -> multiplier``. Mutually exclusive with ``lr_decay``.
+    - ``weight_decay`` [0.0]: adds ``weight_decay * w`` to the gradient of every parameter
+      with two or more dimensions (weights, not biases or batchnorm scales).
+    - ``augment`` [None]: a callable ``f(X_batch, rng) -> X_batch`` for training batches.
+    - ``progress`` [verbose]: show a tqdm progress bar.
+    - ``callbacks`` [()]: objects with on_train_begin / on_step_end / on_epoch_end /
+      on_train_end methods (see convlab.callbacks); ``on_epoch_end`` [None] is shorthand
+      for one callable ``f(solver)`` run after every epoch.
+
+    While it trains, the Solver lends its generator to the model's dropout layers
+    (``model.use_dropout_rng``), so masks are fresh every step and reproducible from
+    ``seed``, even for a model whose own seed fixes its masks for gradient checks.
+
+    ``state_dict()`` / ``load_state_dict()`` (and ``save(path)`` / ``load(path)``, an
+    atomic ``.npz``) hold the whole training state: parameters, optimizer state, batchnorm
+    statistics, histories, random state and position in the run, so a loaded solver
+    continues exactly where the saved one stopped.
+
+    A non-finite loss stops training with FloatingPointError naming the iteration. Ctrl-C
+    during ``train()`` finishes the current iteration, then raises KeyboardInterrupt, so the
+    state is consistent and can be saved. A callback may set ``solver.stop_training = True``.
+    """
+
     def __init__(self, model, data, **kwargs):
         self.model = model
         for key in ("X_train", "y_train", "X_val", "y_val"):
@@ -61,29 +93,12 @@ class Solver:
                 raise ValueError(f"X_{split} has {len(X)} examples but y_{split} has {len(y)}")
         if len(self.X_train) == 0:
             raise ValueError("X_train is empty")
-
-        self.update_rule = kwargs.pop("update_rule", "sgd")
-        self.optim_config = kwargs.pop("optim_config", {})
-        self.lr_decay = kwargs.pop("lr_decay", 1.0)
-        self.batch_size = kwargs.pop("batch_size", 100)
-        self.num_epochs = kwargs.pop("num_epochs", 10)
-        self.num_train_samples = kwargs.pop("num_train_samples", 1000)
-        self.num_val_samples = kwargs.pop("num_val_samples", None)
-        self.checkpoint_name = kwargs.pop("checkpoint_name", None)
-        self.print_every = kwargs.pop("print_every", 10)
-        self.verbose = kwargs.pop("verbose", True)
-        self.seed = kwargs.pop("seed", None)
-        self.shuffle = kwargs.pop("shuffle", False)
-        self.lr_schedule = kwargs.pop("lr_schedule", None)
-        self.lr_step_epochs = kwargs.pop("lr_step_epochs", None)
-        self.lr_step_gamma = kwargs.pop("lr_step_gamma", 0.1)
-        self.lr_warmup_frac = kwargs.pop("lr_warmup_frac", 0.3)
-        self.weight_decay = kwargs.pop("weight_decay", 0.0)
-        self.augment = kwargs.pop("augment", None)
-        self.progress = kwargs.pop("progress", None)
-        self.on_epoch_end = kwargs.pop("on_epoch_end", None)
-        if kwargs:
-            raise ValueError(f"Unrecognized arguments {', '.join(sorted(kwargs))}")
+        unknown = set(kwargs) - set(_DEFAULTS)
+        if unknown:
+            raise ValueError(f"Unrecognized arguments {', '.join(sorted(unknown))}")
+        for key, default in _DEFAULTS.items():
+            setattr(self, key, kwargs.get(key, default))
+        self.optim_config = dict(self.optim_config or {})
 
         if isinstance(self.update_rule, str):
             if self.update_rule not in optim.UPDATE_RULES:
@@ -94,30 +109,52 @@ class Solver:
             self.update_rule = optim.UPDATE_RULES[self.update_rule]
         elif not callable(self.update_rule):
             raise ValueError("update_rule must be a name in convlab.optim or a callable")
-        if not isinstance(self.lr_schedule, str) and not (
-            self.lr_schedule is None or callable(self.lr_schedule)
-        ):
-            raise ValueError("lr_schedule must be None, a name or a callable")
-        if isinstance(self.lr_schedule, str) and self.lr_schedule not in SCHEDULES:
-            raise ValueError(f"lr_schedule must be one of {SCHEDULES}, got {self.lr_schedule!r}")
-        if self.lr_schedule is not None and self.lr_decay != 1.0:
-            raise ValueError("use either lr_decay or lr_schedule, not both")
-        if self.lr_schedule is not None and "learning_rate" not in self.optim_config:
-            raise ValueError("lr_schedule needs optim_config['learning_rate'] as its base rate")
         if int(self.batch_size) < 1 or int(self.num_epochs) < 0:
             raise ValueError("batch_size must be >= 1 and num_epochs >= 0")
+        self._schedule = self._make_schedule()
         if self.augment is not None and not callable(self.augment):
             raise ValueError("augment must be a callable f(X_batch, rng) -> X_batch")
         if self.progress is None:
             self.progress = self.verbose
 
+        self.callbacks = list(self.callbacks)
+        if self.progress:
+            self.callbacks.insert(0, ProgressBar())
+        if self.checkpoint_name is not None:
+            self.callbacks.append(Checkpoint(f"{self.checkpoint_name}_epoch_{{epoch}}.npz",
+                                             at_start=True, verbose=self.verbose))
+        if self.on_epoch_end is not None:
+            self.callbacks.append(LambdaCallback(self.on_epoch_end))
+        self.stop_training = False
         self._reset()
+
+    def _make_schedule(self):
+        if self.lr_schedule is None:
+            return None
+        if isinstance(self.lr_schedule, str):
+            if self.lr_schedule not in SCHEDULES:
+                raise ValueError(
+                    f"lr_schedule must be one of {SCHEDULES}, got {self.lr_schedule!r}"
+                )
+            schedule = make_schedule(self.lr_schedule, self.num_epochs,
+                                     self.iterations_per_epoch, self.lr_step_epochs,
+                                     self.lr_step_gamma, self.lr_warmup_frac)
+        elif callable(self.lr_schedule):
+            schedule = self.lr_schedule
+        else:
+            raise ValueError("lr_schedule must be None, a name or a callable")
+        if self.lr_decay != 1.0:
+            raise ValueError("use either lr_decay or lr_schedule, not both")
+        if "learning_rate" not in self.optim_config:
+            raise ValueError("lr_schedule needs optim_config['learning_rate'] as its base rate")
+        return schedule
 
     # ------------------------------------------------------------------ state
 
     def _reset(self):
         """Book-keeping for a fresh run; train() starts from here, load() overwrites it."""
         self.epoch = 0
+        self.iteration = 0
         self.best_val_acc = 0
         self.best_params = {}
         self._best_state = {}
@@ -126,7 +163,6 @@ class Solver:
         self.val_acc_history = []
         self.lr_history = []
         self.rng = np.random.default_rng(self.seed)
-        self._iteration = 0
         self._epoch_order = None
         self.optim_configs = {name: dict(self.optim_config) for name in self.model.params}
         self._base_lr = {
@@ -152,8 +188,9 @@ class Solver:
         else:
             self.model.params.update({name: state[name] for name in self.model.params})
 
-    def save(self, path):
-        """Write the complete training state to ``path`` (.npz), atomically."""
+    def state_dict(self):
+        """The complete training state as ``(arrays, meta)``: a dict of arrays and a
+        JSON-serialisable dict of everything else."""
         arrays = {f"model.{k}": v for k, v in self._model_state().items()}
         arrays.update({f"best.{k}": v for k, v in self._best_state.items()})
         optim_scalars = {}
@@ -170,7 +207,7 @@ class Solver:
             "format": "convlab-solver",
             "version": 1,
             "epoch": self.epoch,
-            "iteration": self._iteration,
+            "iteration": self.iteration,
             "batch_size": self.batch_size,
             "num_train": len(self.X_train),
             "best_val_acc": self.best_val_acc,
@@ -182,16 +219,15 @@ class Solver:
             "base_lr": self._base_lr,
             "rng_state": self.rng.bit_generator.state,
         }
-        atomic_savez(path, arrays, meta)
+        return arrays, meta
 
-    def load(self, path):
-        """Restore the state written by save() into this solver and its model."""
-        arrays, meta = load_npz(path)
+    def load_state_dict(self, arrays, meta, source="state"):
+        """Restore a state from state_dict() into this solver and its model."""
         if meta.get("format") != "convlab-solver":
-            raise ValueError(f"{path} is not a convlab solver checkpoint")
+            raise ValueError(f"{source} is not a convlab solver checkpoint")
         if meta["batch_size"] != self.batch_size or meta["num_train"] != len(self.X_train):
             raise ValueError(
-                f"{path} was saved with batch_size {meta['batch_size']} and "
+                f"{source} was saved with batch_size {meta['batch_size']} and "
                 f"{meta['num_train']} training examples; this solver has {self.batch_size} "
                 f"and {len(self.X_train)}"
             )
@@ -209,7 +245,7 @@ class Solver:
             self.optim_configs[name] = config
         self._epoch_order = arrays.get("epoch_order")
         self.epoch = meta["epoch"]
-        self._iteration = meta["iteration"]
+        self.iteration = meta["iteration"]
         self.best_val_acc = meta["best_val_acc"]
         self.loss_history = meta["loss_history"]
         self.train_acc_history = meta["train_acc_history"]
@@ -219,39 +255,21 @@ class Solver:
         self.rng = np.random.default_rng()
         self.rng.bit_generator.state = meta["rng_state"]
 
-    def _save_checkpoint(self):
-        if self.checkpoint_name is None:
-            return
-        path = f"{self.checkpoint_name}_epoch_{self.epoch}.npz"
-        if self.verbose:
-            self._print(f'Saving checkpoint to "{path}"')
-        self.save(path)
+    def save(self, path):
+        """Write the complete training state to ``path`` (.npz), atomically."""
+        atomic_savez(path, *self.state_dict())
+
+    def load(self, path):
+        """Restore the state written by save() into this solver and its model."""
+        self.load_state_dict(*load_npz(path), source=path)
 
     # ------------------------------------------------------------------ training
-
-    def _lr_multiplier(self, iteration):
-        """Learning-rate multiplier for the schedule at ``iteration`` (0-based)."""
-        total = max(self.num_iterations, 1)
-        if callable(self.lr_schedule):
-            return self.lr_schedule(iteration, total)
-        progress = iteration / total
-        if self.lr_schedule == "cosine":
-            return 0.5 * (1 + math.cos(math.pi * progress))
-        if self.lr_schedule == "step":
-            step_epochs = self.lr_step_epochs or max(self.num_epochs // 3, 1)
-            return self.lr_step_gamma ** (iteration // self.iterations_per_epoch // step_epochs)
-        # one-cycle: warm up linearly from 1/25 of the rate, then anneal along a cosine.
-        warmup = self.lr_warmup_frac
-        if progress < warmup:
-            return 1 / 25 + (1 - 1 / 25) * progress / warmup
-        tail = (progress - warmup) / (1 - warmup)
-        return 1e-4 + (1 - 1e-4) * 0.5 * (1 + math.cos(math.pi * tail))
 
     def _next_batch_indices(self):
         N, B = len(self.X_train), self.batch_size
         if not self.shuffle:
             return self.rng.choice(N, B)
-        position = self._iteration % self.iterations_per_epoch
+        position = self.iteration % self.iterations_per_epoch
         if position == 0 or self._epoch_order is None:
             self._epoch_order = self.rng.permutation(N)
         return self._epoch_order[position * B : (position + 1) * B]
@@ -266,11 +284,11 @@ class Solver:
         loss, grads = self.model.loss(X_batch, y_batch)
         if not np.isfinite(loss):
             raise FloatingPointError(
-                f"loss is {loss} at iteration {self._iteration + 1}: training diverged "
+                f"loss is {loss} at iteration {self.iteration + 1}: training diverged "
                 "(try a smaller learning rate or weight scale)"
             )
-        if self.lr_schedule is not None:
-            multiplier = self._lr_multiplier(self._iteration)
+        if self._schedule is not None:
+            multiplier = self._schedule(self.iteration, max(self.num_iterations, 1))
             for name, config in self.optim_configs.items():
                 config["learning_rate"] = multiplier * self._base_lr[name]
 
@@ -305,70 +323,70 @@ class Solver:
         )
         return float(np.mean(y_pred == y))
 
-    def _print(self, line, bar=None):
-        if bar is not None:
-            bar.write(line)
-        else:
-            print(line)
+    def print(self, line):
+        """Print a line above any progress bar."""
+        from tqdm import tqdm
 
-    def _end_of_check(self, bar):
+        tqdm.write(line)
+
+    def _end_of_check(self):
         train_acc = self.check_accuracy(self.X_train, self.y_train, self.num_train_samples)
         val_acc = self.check_accuracy(self.X_val, self.y_val, self.num_val_samples)
         self.train_acc_history.append(train_acc)
         self.val_acc_history.append(val_acc)
         if self.verbose:
-            self._print(
+            self.print(
                 f"(Epoch {self.epoch} / {self.num_epochs}) train acc: {train_acc:f}; "
-                f"val_acc: {val_acc:f}",
-                bar,
+                f"val_acc: {val_acc:f}"
             )
         if val_acc > self.best_val_acc or not self._best_state:
             self.best_val_acc = max(val_acc, self.best_val_acc)
             self._best_state = {k: v.copy() for k, v in self._model_state().items()}
             self.best_params = {k: v for k, v in self._best_state.items() if k in self.model.params}
-        self._save_checkpoint()
+
+    def _callbacks(self, hook):
+        for callback in self.callbacks:
+            method = getattr(callback, hook, None)
+            if method is not None:
+                method(self)
 
     def train(self):
         """Run (or continue) optimisation, then load the best parameters into the model."""
         num_iterations = self.num_iterations
-        bar = None
-        if self.progress:
-            # Imported here: tqdm.auto warns inside Jupyter without ipywidgets even when unused.
-            from tqdm.auto import tqdm
-
-            bar = tqdm(total=num_iterations, initial=self._iteration, unit="it", leave=False)
         interrupted = threading.Event()
         previous_handler = None
         if threading.current_thread() is threading.main_thread():
             previous_handler = signal.signal(signal.SIGINT, lambda *_: interrupted.set())
+        lend_rng = getattr(self.model, "use_dropout_rng", None)
+        if lend_rng is not None:
+            lend_rng(self.rng)
+        self.stop_training = False
         try:
-            if self._iteration == 0:
-                self._end_of_check(bar)
-            while self._iteration < num_iterations:
+            if self.iteration == 0:
+                self._end_of_check()
+            self._callbacks("on_train_begin")
+            while self.iteration < num_iterations and not self.stop_training:
                 self._step()
-                self._iteration += 1
-                t = self._iteration
-                if bar is not None:
-                    bar.update(1)
-                    bar.set_postfix(loss=f"{self.loss_history[-1]:.4f}", refresh=False)
+                self.iteration += 1
+                t = self.iteration
+                self._callbacks("on_step_end")
                 if self.verbose and (t - 1) % self.print_every == 0:
-                    self._print(
-                        f"(Iteration {t} / {num_iterations}) loss: {self.loss_history[-1]:f}", bar
-                    )
+                    loss = self.loss_history[-1]
+                    self.print(f"(Iteration {t} / {num_iterations}) loss: {loss:f}")
                 if t % self.iterations_per_epoch == 0:
                     self.epoch += 1
-                    if self.lr_schedule is None:
+                    if self._schedule is None:
                         for config in self.optim_configs.values():
                             if "learning_rate" in config:
                                 config["learning_rate"] *= self.lr_decay
-                    self._end_of_check(bar)
-                    if self.on_epoch_end is not None:
-                        self.on_epoch_end(self)
+                    self._end_of_check()
+                    self._callbacks("on_epoch_end")
                 if interrupted.is_set():
                     raise KeyboardInterrupt
         finally:
             if previous_handler is not None:
                 signal.signal(signal.SIGINT, previous_handler)
-            if bar is not None:
-                bar.close()
+            if lend_rng is not None:
+                lend_rng(None)
+            self._callbacks("on_train_end")
         self._load_model_state(self._best_state)

@@ -53,3 +53,94 @@ def check_layer_gradients(forward, backward, inputs, rng, tol=GRAD_TOL):
         assert err < tol, f"gradient of input {i} has relative error {err:.2e} > {tol:.0e}"
         errors.append(err)
     return errors
+
+
+# ----------------------------------------------------------------------------- whole models
+#
+# A centred difference (L(w + h) - L(w - h)) / 2h of a float64 loss carries two errors:
+# - round-off: each loss evaluation is off by a few eps * |L| (its sums run over a few
+#   thousand terms), and dividing by 2h turns that into an absolute error of about
+#   eps * |L| / h per entry. Measured on the presets: 0.2 to 0.6 x eps |L| / h.
+# - truncation: h^2 / 6 * |L'''|, relative and ~1e-10 at h = 1e-5 for these smooth pieces.
+# An elementwise relative bound alone fails on entries whose true gradient is tiny (a
+# whole-model check has many): their round-off is the same absolute size, so the relative
+# error depends on which BLAS kernel summed what, i.e. on the CPU. The bound is therefore
+#   |analytic - numeric| <= MODEL_ROUNDOFF * eps * |L| / h + MODEL_RTOL * (|analytic| + |numeric|)
+# with MODEL_ROUNDOFF = 16 (25x the worst measured round-off) and MODEL_RTOL = 1e-6.
+# A probe whose +-h step crosses a ReLU kink or a max-pool tie sees two different linear
+# pieces; such an entry is probed again at h / 16 (and its budget scaled by 16), which moves
+# the probe away from a kink at any distance > h / 16, while a wrong analytic gradient stays
+# wrong at every step. test_*_gradient_check_catches_a_wrong_gradient keep the bound honest.
+MODEL_STEP = 1e-5
+MODEL_ROUNDOFF = 16
+MODEL_RTOL = 1e-6
+KINK_SHRINK = 16
+
+
+def _centred_difference(model, X, y, flat, i, h):
+    old = flat[i]
+    flat[i] = old + h
+    loss_plus = model.loss(X, y)[0]
+    flat[i] = old - h
+    loss_minus = model.loss(X, y)[0]
+    flat[i] = old
+    return (loss_plus - loss_minus) / (2 * h)
+
+
+def model_gradient_errors(model, X, y, grads, num_checks=None, seed=0, entries=None):
+    """{parameter name: worst |analytic - numeric| / budget} over the probed entries: all of
+    them, or num_checks random distinct entries of each parameter, or only the flat indices
+    given per parameter in ``entries`` ({name: indices}). A value < 1 passes."""
+    loss = abs(float(model.loss(X, y)[0]))
+    rng = np.random.default_rng(seed)
+    eps = np.finfo(np.float64).eps
+    errors = {}
+    if entries is None:
+        entries = {}
+        for name, param in model.params.items():
+            count = param.size if num_checks is None else min(num_checks, param.size)
+            entries[name] = rng.choice(param.size, size=count, replace=False)
+    for name, indices in entries.items():
+        flat = model.params[name].reshape(-1)  # a view: writing to it perturbs the parameter
+        analytic = grads[name].reshape(-1)
+        worst = 0.0
+        for i in indices:
+            h = MODEL_STEP
+            for _ in range(2):  # the step, then once more at h / KINK_SHRINK if it failed
+                numeric = _centred_difference(model, X, y, flat, i, h)
+                budget = MODEL_ROUNDOFF * eps * max(loss, 1.0) / h + MODEL_RTOL * (
+                    abs(analytic[i]) + abs(numeric)
+                )
+                error = abs(analytic[i] - numeric) / budget
+                if error < 1:
+                    break
+                h /= KINK_SHRINK
+            worst = max(worst, error)
+        errors[name] = worst
+    return errors
+
+
+def check_model_gradients(model, X, y, num_checks=None, seed=0):
+    """Assert model.loss's gradients match centred differences within the float64 budget."""
+    _, grads = model.loss(X, y)
+    assert set(grads) == set(model.params)
+    for name, param in model.params.items():
+        assert grads[name].dtype == param.dtype, name
+    for name, error in model_gradient_errors(model, X, y, grads, num_checks, seed).items():
+        assert error < 1, f"{name}: gradient error {error:.2f} x the float64 budget"
+
+
+def assert_check_catches_wrong_gradients(model, X, y):
+    """The check above must fail on gradients a plausible bug gives: one parameter's
+    gradient scaled by 1 + 1e-4, or one entry of it off by 1e-3 of its largest entry."""
+    _, grads = model.loss(X, y)
+    name = max(grads, key=lambda k: np.abs(grads[k]).max())
+    flat = grads[name].reshape(-1)
+    largest = np.argsort(np.abs(flat))[-10:]  # the entries a scaling error moves most
+    scaled = dict(grads, **{name: grads[name] * (1 + 1e-4)})
+    one_entry = flat.copy()
+    one_entry[largest[-1]] += 1e-3 * abs(flat[largest[-1]])
+    nudged = dict(grads, **{name: one_entry.reshape(grads[name].shape)})
+    for wrong, probed in ((scaled, largest), (nudged, largest[-1:])):
+        errors = model_gradient_errors(model, X, y, wrong, entries={name: probed})
+        assert errors[name] >= 1, f"a wrong gradient of {name} passed the check"

@@ -3,14 +3,12 @@ initial loss, dtype, training with the Solver, and save/load."""
 
 import numpy as np
 import pytest
+from conftest import assert_check_catches_wrong_gradients, check_model_gradients
 
 from convlab.classifiers import ConvNet
 from convlab.classifiers.convnet import LAYER_KINDS, expand_spec
-from convlab.gradient_check import rel_error
 from convlab.serialization import load_model, save_model
 from convlab.solver import Solver
-
-MODEL_GRAD_TOL = 1e-6
 
 # Every layer kind: a biased conv, a strided padded conv, bn on images and on vectors, gn,
 # the three activations, overlapping max pooling, average pooling, dropout on images and on
@@ -20,30 +18,6 @@ EVERY_KIND = (
     "conv3-4,relu,conv3-4-s2-p2-nobias,bn,lrelu0.1,res-4,maxpool2-s1,gn2,elu,"
     "res-6-s2,avgpool2-s1,dropout0.8,gap,fc6,bn,elu0.5,dropout0.6,fc5"
 )
-
-
-def check_model_gradients(model, X, y, num_checks=None, h=1e-5, seed=0):
-    """Centred differences against model.loss's grads for every parameter: all entries, or
-    num_checks distinct entries of each (grad_check_sparse-style) when given."""
-    _, grads = model.loss(X, y)
-    assert set(grads) == set(model.params)
-    rng = np.random.default_rng(seed)
-    for name, param in model.params.items():
-        flat = param.reshape(-1)  # a view: writing to it perturbs the parameter
-        count = flat.size if num_checks is None else min(num_checks, flat.size)
-        entries = rng.choice(flat.size, size=count, replace=False)
-        numeric = np.empty(count)
-        for j, i in enumerate(entries):
-            old = flat[i]
-            flat[i] = old + h
-            loss_plus = model.loss(X, y)[0]
-            flat[i] = old - h
-            loss_minus = model.loss(X, y)[0]
-            flat[i] = old
-            numeric[j] = (loss_plus - loss_minus) / (2 * h)
-        err = rel_error(numeric, grads[name].reshape(-1)[entries])
-        assert err < MODEL_GRAD_TOL, f"{name}: relative error {err:.2e}"
-        assert grads[name].dtype == param.dtype
 
 
 def batch(rng, N, input_dim, num_classes=10):
@@ -82,19 +56,10 @@ def test_every_layer_kind_gradients(rng):
 
 def test_gradient_check_catches_a_wrong_gradient(rng):
     model = ConvNet(
-        "conv3-3,relu,fc4", input_dim=(2, 4, 4), num_classes=4, dtype=np.float64, seed=0
+        EVERY_KIND, input_dim=(3, 12, 12), num_classes=5, reg=0.1, dtype=np.float64, seed=1
     )
-    X, y = batch(rng, 2, (2, 4, 4), num_classes=4)
-    right_loss = model.loss
-
-    def wrong_loss(X, y=None):
-        loss, grads = right_loss(X, y)
-        grads["conv1.W"] = grads["conv1.W"] * 1.0001
-        return loss, grads
-
-    model.loss = wrong_loss
-    with pytest.raises(AssertionError, match="conv1.W"):
-        check_model_gradients(model, X, y)
+    X, y = batch(rng, 4, (3, 12, 12), num_classes=5)
+    assert_check_catches_wrong_gradients(model, X, y)
 
 
 # ----------------------------------------------------------------------------- the spec

@@ -2,24 +2,9 @@
 
 import numpy as np
 import pytest
+from conftest import assert_check_catches_wrong_gradients, check_model_gradients
 
 from convlab.classifiers import FullyConnectedNet, ThreeLayerConvNet, TwoLayerNet
-from convlab.gradient_check import eval_numerical_gradient, rel_error
-
-MODEL_GRAD_TOL = 1e-6
-
-
-def check_model_gradients(model, X, y, tol=MODEL_GRAD_TOL):
-    loss, grads = model.loss(X, y)
-    assert set(grads) == set(model.params)
-    for name in sorted(model.params):
-        numeric = eval_numerical_gradient(
-            lambda _: model.loss(X, y)[0], model.params[name], verbose=False
-        )
-        err = rel_error(numeric, grads[name])
-        assert err < tol, f"{name}: relative error {err:.2e}"
-        assert grads[name].dtype == model.params[name].dtype
-    return loss
 
 
 def test_two_layer_net_gradients(rng):
@@ -73,6 +58,25 @@ def test_fully_connected_net_gradients(normalization, keep, rng):
         seed=3,
     )
     check_model_gradients(model, X, y)
+
+
+def _small_models(rng):
+    """One small float64 model of every fully connected / three-layer kind, with a batch."""
+    X = rng.standard_normal((3, 5))
+    y = rng.integers(4, size=3)
+    yield TwoLayerNet(5, 7, 4, weight_scale=0.5, reg=0.3, dtype=np.float64, seed=0), X, y
+    for normalization in (None, "batchnorm", "layernorm"):
+        yield FullyConnectedNet([6, 5], input_dim=5, num_classes=4, normalization=normalization,
+                                reg=0.1, weight_scale=0.5, dropout_keep_ratio=0.5,
+                                dtype=np.float64, seed=3), X, y
+    images = rng.standard_normal((2, 3, 8, 8))
+    yield ThreeLayerConvNet(input_dim=(3, 8, 8), num_filters=3, filter_size=3, hidden_dim=7,
+                            weight_scale=0.3, reg=0.05, dtype=np.float64, seed=1), images, y[:2]
+
+
+def test_gradient_check_catches_wrong_gradients_of_every_model_kind(rng):
+    for model, X, y in _small_models(rng):
+        assert_check_catches_wrong_gradients(model, X, y)
 
 
 def test_fully_connected_net_accepts_legacy_names(rng):

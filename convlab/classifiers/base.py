@@ -16,10 +16,33 @@ def init_std(weight_scale, fan_in):
 
 class Classifier:
     """Base class. Subclasses set ``self.init_args`` (JSON-serialisable constructor
-    arguments), ``self.params`` and, when they use batchnorm, ``self.bn_params`` (a list of
-    dicts holding 'running_mean' / 'running_var')."""
+    arguments), ``self.params``, and, when they have such layers, ``self.bn_params`` (a list
+    of dicts holding 'mode', 'running_mean', 'running_var') and ``self.dropout_params`` (a
+    list of dropout_param dicts).
+
+    Two sources of randomness are kept apart: a model's ``seed`` draws its initial weights
+    and, as in cs231n, fixes every dropout mask (``dropout_param['seed']``), which makes the
+    loss deterministic for gradient checks; :meth:`use_dropout_rng` instead draws fresh masks
+    from a generator the caller owns (the Solver does this while it trains).
+    """
 
     bn_params = ()
+    dropout_params = ()
+
+    def _set_mode(self, y):
+        """Batchnorm and dropout run in 'train' mode when labels are given, else 'test'."""
+        mode = "test" if y is None else "train"
+        for param in (*self.bn_params, *self.dropout_params):
+            param["mode"] = mode
+
+    def use_dropout_rng(self, rng):
+        """Draw every dropout mask from the np.random.Generator ``rng`` (fresh masks each
+        step, reproducible from rng's seed) instead of the fixed seeds; None undoes it."""
+        for param in self.dropout_params:
+            if rng is None:
+                param.pop("rng", None)
+            else:
+                param["rng"] = rng
 
     def state_dict(self):
         """Parameters and batchnorm running statistics, keyed by name."""

@@ -428,7 +428,7 @@ class ConvNet(Classifier):
     reg: L2 strength: the loss adds 0.5 * reg * sum(W**2) over conv and fc weights only.
     seed: seeds the initialisation (np.random.default_rng) and, as in FullyConnectedNet,
         fixes each dropout layer's mask so the loss is deterministic for gradient checks;
-        leave it None to train with fresh dropout masks.
+        the Solver draws fresh masks from its own generator while it trains.
 
     In ``loss`` batchnorm and dropout run in 'train' mode when y is given and in 'test' mode
     when it is not. Attributes: ``layers`` (list of Layer), ``architecture`` (the spec
@@ -540,9 +540,7 @@ class ConvNet(Classifier):
         """X: (N, C, H, W). Returns scores (N, num_classes) when y is None, else (loss, grads)
         with grads keyed like params."""
         X = self._check_batch(X, y)
-        mode = "test" if y is None else "train"
-        for param in (*self.bn_params, *self.dropout_params):
-            param["mode"] = mode
+        self._set_mode(y)
 
         scores, caches = run_forward(self.layers, X, self.params)
         if y is None:

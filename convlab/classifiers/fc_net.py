@@ -86,7 +86,8 @@ class FullyConnectedNet(Classifier):
     Params: W1..WL, b1..bL, and gamma1..gamma(L-1), beta1..beta(L-1) with normalization.
     ``dropout_keep_ratio`` (legacy keyword ``dropout``) is the keep probability; 1 disables
     dropout. ``seed`` seeds the weight initialisation and fixes the dropout mask, which makes
-    the loss deterministic for gradient checks (leave it None to train with dropout).
+    the loss deterministic for gradient checks; the Solver draws fresh masks from its own
+    generator while it trains (see Classifier.use_dropout_rng).
     L2 loss is 0.5 * reg * sum(W^2) over the weights only. ``weight_scale=None`` initialises
     each layer with He's std sqrt(2 / fan_in) instead of one fixed scale.
     """
@@ -143,11 +144,14 @@ class FullyConnectedNet(Classifier):
                 self.params[f"gamma{i}"] = np.ones(fan_out, dtype=dtype)
                 self.params[f"beta{i}"] = np.zeros(fan_out, dtype=dtype)
 
+        # One dropout_param shared by every dropout layer, as in cs231n.
         self.dropout_param = {}
+        self.dropout_params = []
         if self.use_dropout:
             self.dropout_param = {"mode": "train", "p": dropout_keep_ratio}
             if seed is not None:
                 self.dropout_param["seed"] = seed
+            self.dropout_params = [self.dropout_param]
         self.bn_params = []
         if self.normalization == "batchnorm":
             self.bn_params = [{"mode": "train"} for _ in range(self.num_layers - 1)]
@@ -157,12 +161,7 @@ class FullyConnectedNet(Classifier):
     def loss(self, X, y=None):
         """X: (N, d1, ..., dk). Returns scores (N, C) when y is None, else (loss, grads)."""
         X = self._check_batch(X, y)
-        mode = "test" if y is None else "train"
-        if self.use_dropout:
-            self.dropout_param["mode"] = mode
-        if self.normalization == "batchnorm":
-            for bn_param in self.bn_params:
-                bn_param["mode"] = mode
+        self._set_mode(y)
 
         p = self.params
         caches = []

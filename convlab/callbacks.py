@@ -1,0 +1,187 @@
+"""Solver callbacks: what happens around the training loop, one class each.
+
+A callback is any object with some of these methods, each called with the Solver:
+
+- ``on_train_begin(solver)``: when train() starts (after the epoch-0 accuracy check of a
+  fresh run);
+- ``on_step_end(solver)``: after every parameter update;
+- ``on_epoch_end(solver)``: after each epoch's accuracy check;
+- ``on_train_end(solver)``: when train() returns or raises (e.g. on Ctrl-C), so resources
+  are always released.
+
+Pass them as ``Solver(..., callbacks=[...])``; they run in list order. :class:`Callback` is an
+optional base class with every method a no-op.
+"""
+
+import csv
+import os
+import time
+
+import numpy as np
+
+
+class Callback:
+    """No-op base: override the hooks you need."""
+
+    def on_train_begin(self, solver):
+        pass
+
+    def on_step_end(self, solver):
+        pass
+
+    def on_epoch_end(self, solver):
+        pass
+
+    def on_train_end(self, solver):
+        pass
+
+
+class LambdaCallback(Callback):
+    """Calls ``fn(solver)`` after every epoch (the Solver's ``on_epoch_end`` keyword)."""
+
+    def __init__(self, on_epoch_end):
+        self.on_epoch_end = on_epoch_end
+
+
+class ProgressBar(Callback):
+    """A tqdm bar over the run's iterations with the last loss; the Solver's printed lines
+    go above it (tqdm.write)."""
+
+    def __init__(self):
+        self.bar = None
+
+    def on_train_begin(self, solver):
+        # Imported here: tqdm.auto warns inside Jupyter without ipywidgets even when unused.
+        from tqdm.auto import tqdm
+
+        self.bar = tqdm(total=solver.num_iterations, initial=solver.iteration, unit="it",
+                        leave=False)
+
+    def on_step_end(self, solver):
+        self.bar.update(1)
+        self.bar.set_postfix(loss=f"{solver.loss_history[-1]:.4f}", refresh=False)
+
+    def on_train_end(self, solver):
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+
+class Checkpoint(Callback):
+    """``solver.save(path)`` after every epoch; ``path`` may contain ``{epoch}``.
+
+    ``at_start=True`` also saves before the first update of a fresh run (cs231n's
+    ``checkpoint_name`` saves at epoch 0 too).
+    """
+
+    def __init__(self, path, at_start=False, verbose=False):
+        self.path = os.fspath(path)
+        self.at_start = at_start
+        self.verbose = verbose
+
+    def _save(self, solver):
+        path = self.path.format(epoch=solver.epoch)
+        if self.verbose:
+            solver.print(f'Saving checkpoint to "{path}"')
+        solver.save(path)
+
+    def on_train_begin(self, solver):
+        if self.at_start and solver.iteration == 0:
+            self._save(solver)
+
+    def on_epoch_end(self, solver):
+        self._save(solver)
+
+
+class MetricsCSV(Callback):
+    """Appends one row per epoch to a CSV file: epoch, mean train loss over the epoch, train
+    and val accuracy, learning rate, and the run's wall time so far (``elapsed_offset`` is
+    the time of earlier sessions of a resumed run)."""
+
+    FIELDS = ["epoch", "train_loss", "train_acc", "val_acc", "learning_rate", "elapsed_s"]
+
+    def __init__(self, path, elapsed_offset=0.0):
+        self.path = os.fspath(path)
+        self.elapsed_offset = elapsed_offset
+        self._start = None
+
+    def elapsed(self):
+        """Wall time of the run so far, earlier sessions included."""
+        return self.elapsed_offset + time.perf_counter() - self._start
+
+    def on_train_begin(self, solver):
+        self._start = time.perf_counter()
+
+    def on_epoch_end(self, solver):
+        losses = solver.loss_history[-solver.iterations_per_epoch:]
+        row = {
+            "epoch": solver.epoch,
+            "train_loss": f"{np.mean(losses):.6f}",
+            "train_acc": f"{solver.train_acc_history[-1]:.6f}",
+            "val_acc": f"{solver.val_acc_history[-1]:.6f}",
+            "learning_rate": f"{solver.lr_history[-1]:.6g}",
+            "elapsed_s": f"{self.elapsed():.1f}",
+        }
+        new_file = not os.path.exists(self.path)
+        with open(self.path, "a", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=self.FIELDS)
+            if new_file:
+                writer.writeheader()
+            writer.writerow(row)
+
+
+class Curves(Callback):
+    """Saves the loss and accuracy curves (vis_utils.plot_solver_history) as a PNG after
+    every epoch."""
+
+    def __init__(self, path, dpi=100):
+        self.path = os.fspath(path)
+        self.dpi = dpi
+
+    def on_epoch_end(self, solver):
+        # Imported lazily: matplotlib is slow to import and only needed here.
+        import matplotlib.pyplot as plt
+
+        from convlab.vis_utils import plot_solver_history
+
+        fig = plot_solver_history(solver)
+        fig.savefig(self.path, dpi=self.dpi)
+        plt.close(fig)
+
+
+class EarlyStopping(Callback):
+    """Stops training when validation accuracy has not improved for ``patience`` epochs
+    (the Solver keeps the best parameters either way)."""
+
+    def __init__(self, patience=5, min_delta=0.0):
+        if patience < 1:
+            raise ValueError(f"patience must be >= 1, got {patience}")
+        self.patience = patience
+        self.min_delta = min_delta
+
+    def on_epoch_end(self, solver):
+        history = solver.val_acc_history
+        best_before = max(history[:-self.patience], default=None)
+        recent = max(history[-self.patience:])
+        if best_before is not None and recent <= best_before + self.min_delta:
+            solver.print(f"Early stopping: no val_acc gain for {self.patience} epochs")
+            solver.stop_training = True
+
+
+class StepTimer(Callback):
+    """Wall time of every step (forward, backward and update), in seconds, in ``times``."""
+
+    def __init__(self):
+        self.times = []
+        self._last = None
+
+    def on_train_begin(self, solver):
+        self._last = time.perf_counter()
+
+    def on_step_end(self, solver):
+        now = time.perf_counter()
+        self.times.append(now - self._last)
+        self._last = now
+
+    def on_epoch_end(self, solver):
+        self._last = time.perf_counter()  # the accuracy check is not a step

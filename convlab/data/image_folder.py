@@ -1,0 +1,174 @@
+"""Image folders: ``root/<class>/<image>`` trees, or a ``.tar``/``.tar.gz`` of one."""
+
+import io
+import os
+import tarfile
+from pathlib import Path, PurePosixPath
+
+import numpy as np
+
+#: File-name suffixes recognised as images by :func:`load_image_folder` (case-insensitive).
+IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".pgm", ".bmp", ".tif", ".tiff", ".webp")
+
+
+def _is_image_name(name):
+    return name.lower().endswith(IMG_EXTENSIONS)
+
+
+def _skip_part(part):
+    return part.startswith(".") or part == "__MACOSX"
+
+
+def _collect_from_dir(root):
+    entries = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = [d for d in dirnames if not _skip_part(d)]
+        rel = Path(dirpath).relative_to(root).parts
+        for fn in filenames:
+            if _skip_part(fn) or not _is_image_name(fn):
+                continue
+            full = os.path.join(dirpath, fn)
+            entries.append((rel + (fn,), full))
+    return entries
+
+
+def _collect_from_tar(path):
+    """Read every image member of a tar archive into memory: list of (parts, bytes)."""
+    entries = []
+    try:
+        with tarfile.open(path, "r|*") as tf:  # streaming: one sequential pass
+            for m in tf:
+                if not m.isfile():
+                    continue
+                parts = tuple(p for p in PurePosixPath(m.name).parts if p not in ("", ".", "/"))
+                if not parts or any(_skip_part(p) for p in parts) or ".." in parts:
+                    continue
+                if not _is_image_name(parts[-1]):
+                    continue
+                f = tf.extractfile(m)
+                entries.append((parts, f.read()))
+    except (tarfile.TarError, EOFError, OSError) as e:
+        raise ValueError(f"{path} is not a readable tar archive: {e}") from e
+    return entries
+
+
+def _resolve_layout(entries, source):
+    """Map ``(parts, payload)`` entries to ``(class_name, display_name, payload)``."""
+    depths = {len(parts) for parts, _ in entries}
+    if len(depths) > 1:
+        by_depth = {}
+        for parts, _ in entries:
+            by_depth.setdefault(len(parts), "/".join(parts))
+        examples = ", ".join(repr(v) for _, v in sorted(by_depth.items()))
+        raise ValueError(
+            f"images in {source} lie at different depths (e.g. {examples}); expected every "
+            "image at <root>/<class>/<image>"
+        )
+    depth = depths.pop()
+    if depth < 2:
+        raise ValueError(
+            f"images found directly in {source} (e.g. {'/'.join(entries[0][0])!r}); expected "
+            "one sub-directory per class: <root>/<class>/<image>"
+        )
+    prefixes = {parts[:-2] for parts, _ in entries}
+    if len(prefixes) > 1:
+        examples = ", ".join(repr("/".join(p) or ".") for p in sorted(prefixes)[:3])
+        raise ValueError(
+            f"class directories in {source} sit under different parent directories "
+            f"({examples}); expected a single <root>/<class>/<image> tree"
+        )
+    return [(parts[-2], "/".join(parts), payload) for parts, payload in entries]
+
+
+def _decode_image(payload, display, source, size):
+    from PIL import Image
+
+    try:
+        data = payload if isinstance(payload, bytes) else Path(payload).read_bytes()
+        with Image.open(io.BytesIO(data)) as im:
+            im.load()
+            out = im if im.mode == "RGB" else im.convert("RGB")
+            if size is not None and out.size != (size[1], size[0]):
+                out = out.resize((size[1], size[0]), Image.Resampling.BILINEAR)
+            return np.asarray(out, dtype=np.uint8)
+    except Exception as e:  # PIL raises OSError, SyntaxError, ValueError, struct.error, ...
+        raise ValueError(
+            f"cannot read image {display!r} in {source}: {type(e).__name__}: {e}"
+        ) from e
+
+
+def load_image_folder(path, image_size=None):
+    """Load a ``root/<class>/<image>`` tree of images (like torchvision's ImageFolder).
+
+    Inputs:
+    - path: a directory, or a ``.tar`` / ``.tar.gz`` / ``.tgz`` (any tarfile compression)
+      holding such a tree; archives are read in memory, never extracted to disk. The class
+      directories may sit under a common top directory (e.g. ``train/<class>/0001.jpg``): the
+      class of an image is the directory that directly contains it, and every image must lie
+      at the same depth under a single common parent.
+    - image_size: optional ``(H, W)``; every image is resized (bilinear) to it. Without it all
+      images must already have the same size.
+
+    Images are files ending in one of :data:`IMG_EXTENSIONS` (case-insensitive); other files
+    and hidden files/directories are ignored. Images are converted to RGB.
+
+    Returns:
+    - X: ``(N, H, W, 3)`` uint8.
+    - y: ``(N,)`` int64 class indices.
+    - class_names: list of str; class ``i`` is ``class_names[i]``, the folder names sorted as
+      strings (as in torchvision ImageFolder). Images are ordered by class, then by file name.
+
+    Raises FileNotFoundError if ``path`` does not exist; ValueError if no images are found,
+    the layout is not ``<class>/<image>``, an image cannot be decoded (naming the file) or
+    sizes differ without ``image_size`` (naming the odd file).
+    """
+    source = os.fspath(path)
+    if image_size is not None:
+        try:
+            H, W = (int(v) for v in image_size)
+        except (TypeError, ValueError):
+            raise TypeError(
+                f"image_size must be a (H, W) pair of ints, got {image_size!r}"
+            ) from None
+        if H <= 0 or W <= 0:
+            raise ValueError(f"image_size must be positive, got {image_size!r}")
+        image_size = (H, W)
+    p = Path(source)
+    if not p.exists():
+        raise FileNotFoundError(f"image folder or archive not found: {source!r}")
+    if p.is_dir():
+        entries = _collect_from_dir(p)
+    elif tarfile.is_tarfile(p):
+        entries = _collect_from_tar(p)
+    else:
+        raise ValueError(
+            f"{source!r} is neither a directory nor a tar archive (.tar, .tar.gz, .tgz)"
+        )
+    if not entries:
+        raise ValueError(
+            f"no image files ({', '.join(IMG_EXTENSIONS)}) found in {source!r}; expected "
+            "<root>/<class>/<image>"
+        )
+    items = _resolve_layout(entries, repr(source))
+    items.sort(key=lambda t: (t[0], t[1]))
+    class_names = sorted({c for c, _, _ in items})
+    class_index = {c: i for i, c in enumerate(class_names)}
+    n = len(items)
+    y = np.fromiter((class_index[c] for c, _, _ in items), dtype=np.int64, count=n)
+
+    X = None
+    first_name = None
+    for i, (_, display, payload) in enumerate(items):
+        arr = _decode_image(payload, display, repr(source), image_size)
+        if X is None:
+            X = np.empty((n,) + arr.shape, dtype=np.uint8)
+            first_name = display
+        elif arr.shape != X.shape[1:]:
+            raise ValueError(
+                f"image {display!r} in {source!r} has size {arr.shape[1]}x{arr.shape[0]} "
+                f"(WxH) but {first_name!r} has {X.shape[2]}x{X.shape[1]}; pass "
+                "image_size=(H, W) to resize all images"
+            )
+        X[i] = arr
+        items[i] = None  # release the encoded bytes as we go
+    return X, y, class_names
