@@ -361,6 +361,7 @@ class Solver:
         if lend_rng is not None:
             lend_rng(self.rng)
         self.stop_training = False
+        self._schedule = self._make_schedule()  # lr_schedule may have been set since __init__
         try:
             if self.iteration == 0:
                 self._end_of_check()

@@ -13,21 +13,10 @@ checkpoint with its saved configuration, to the same final numbers as an uninter
 """
 
 import argparse
-import csv
-import json
-import os
 import sys
-import time
-from functools import partial
 
-import numpy as np
-
-from convlab import data_utils
-from convlab.classifiers import ConvNet, FullyConnectedNet, ThreeLayerConvNet
-from convlab.serialization import save_model
-from convlab.solver import SCHEDULES, Solver
-
-METRICS_FIELDS = ["epoch", "train_loss", "train_acc", "val_acc", "learning_rate", "elapsed_s"]
+from convlab.run import RunConfig, run
+from convlab.schedules import SCHEDULES
 
 
 def build_parser():
@@ -82,238 +71,35 @@ def build_parser():
     return p
 
 
-# ----------------------------------------------------------------------------- data
-
-
-def load_data(args):
-    """Returns (data dict with X_/y_ train/val and optionally test, description)."""
-    dtype = np.dtype(args.dtype)
-    source = args.data
-    if source == "auto":
-        try:
-            data_utils.find_CIFAR10_dir(args.cifar10_dir)
-            source = "cifar10"
-        except FileNotFoundError:
-            print("CIFAR-10 not found; training on the built-in offline dataset "
-                  "(see README to use CIFAR-10).")
-            source = "builtin"
-    if source == "builtin":
-        num_train, num_val, num_test = args.builtin_size
-        data = data_utils.load_builtin_dataset(num_train, num_val, num_test, seed=args.seed,
-                                               dtype=dtype)
-        description = "built-in shapes dataset"
-    elif source == "cifar10":
-        data = data_utils.get_CIFAR10_data(cifar10_dir=args.cifar10_dir, dtype=dtype)
-        description = "CIFAR-10"
-    else:
-        X, y, class_names = data_utils.load_image_folder(source)
-        X_train, y_train, X_val, y_val = data_utils.split_per_class(X, y, args.val_per_class)
-        X_train, mean, std = data_utils.preprocess_images(X_train, dtype=dtype)
-        X_val, _, _ = data_utils.preprocess_images(X_val, mean, std, dtype=dtype)
-        data = {"X_train": X_train, "y_train": y_train, "X_val": X_val, "y_val": y_val,
-                "class_names": class_names}
-        description = f"image folder {source}"
-    if args.num_train is not None:
-        data["X_train"] = data["X_train"][: args.num_train]
-        data["y_train"] = data["y_train"][: args.num_train]
-    return data, description
-
-
-# ----------------------------------------------------------------------------- model
-
-
-def build_model(args, input_shape, num_classes):
-    """The classifier named by --model; weight_scale None means He initialisation."""
-    dtype = np.dtype(args.dtype)
-    if args.model == "fc":
-        model = FullyConnectedNet(
-            args.hidden_dims,
-            input_dim=int(np.prod(input_shape)),
-            num_classes=num_classes,
-            dropout_keep_ratio=args.dropout_keep,
-            normalization=None if args.normalization == "none" else args.normalization,
-            reg=args.reg,
-            weight_scale=args.weight_scale,
-            dtype=dtype,
-            seed=args.seed,
-        )
-        return unfix_dropout_masks(model, [model.dropout_param])
-    if args.model == "threelayer":
-        return ThreeLayerConvNet(
-            input_dim=input_shape,
-            num_filters=args.num_filters,
-            filter_size=args.filter_size,
-            hidden_dim=args.hidden_dim,
-            num_classes=num_classes,
-            weight_scale=args.weight_scale,
-            reg=args.reg,
-            dtype=dtype,
-            seed=args.seed,
-        )
-    model = ConvNet(
-        args.model,
-        input_dim=input_shape,
-        num_classes=num_classes,
-        weight_scale=args.weight_scale,
-        reg=args.reg,
-        dtype=dtype,
-        seed=args.seed,
-    )
-    return unfix_dropout_masks(model, model.dropout_params)
-
-
-def unfix_dropout_masks(model, dropout_params):
-    """A model's seed also fixes its dropout masks (cs231n's gradient-check behaviour);
-    training wants a fresh mask every step, so runs with dropout are not bit-reproducible
-    on resume."""
-    for param in dropout_params:
-        param.pop("seed", None)
-    return model
-
-
-# ----------------------------------------------------------------------------- outputs
-
-
-def write_metrics_row(path, solver, start_time, previous_elapsed):
-    """Append this epoch's row to metrics.csv (header first when the file is new)."""
-    per_epoch = solver.iterations_per_epoch
-    losses = solver.loss_history[-per_epoch:]
-    row = {
-        "epoch": solver.epoch,
-        "train_loss": f"{np.mean(losses):.6f}",
-        "train_acc": f"{solver.train_acc_history[-1]:.6f}",
-        "val_acc": f"{solver.val_acc_history[-1]:.6f}",
-        "learning_rate": f"{solver.lr_history[-1]:.6g}",
-        "elapsed_s": f"{previous_elapsed + time.perf_counter() - start_time:.1f}",
-    }
-    new_file = not os.path.exists(path)
-    with open(path, "a", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=METRICS_FIELDS)
-        if new_file:
-            writer.writeheader()
-        writer.writerow(row)
-
-
-def read_metrics(path, up_to_epoch):
-    """Rows of metrics.csv for epochs <= up_to_epoch (a resumed run drops later ones)."""
-    if not os.path.exists(path):
-        return []
-    with open(path, newline="") as f:
-        return [row for row in csv.DictReader(f) if int(row["epoch"]) <= up_to_epoch]
-
-
-def rewrite_metrics(path, rows):
-    tmp = path + ".tmp"
-    with open(tmp, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=METRICS_FIELDS)
-        writer.writeheader()
-        writer.writerows(rows)
-    os.replace(tmp, path)
-
-
-def save_curves(path, solver):
-    # Imported lazily: matplotlib is slow to import and only needed once per epoch.
-    from convlab.vis_utils import plot_solver_history
-
-    fig = plot_solver_history(solver)
-    fig.savefig(path, dpi=100)
-
-
-# ----------------------------------------------------------------------------- main
-
-
-def run(args, resume=False):
-    os.makedirs(args.out, exist_ok=True)
-    paths = {name: os.path.join(args.out, name) for name in
-             ("config.json", "checkpoint.npz", "metrics.csv", "curves.png", "model.npz")}
-
-    data, description = load_data(args)
-    input_shape = data["X_train"].shape[1:]
-    num_classes = int(max(data["y_train"].max(), data["y_val"].max())) + 1
-    model = build_model(args, input_shape, num_classes)
-    print(f"Training {args.model} on {description}: {len(data['X_train'])} train, "
-          f"{len(data['X_val'])} val examples of shape {input_shape}, {num_classes} classes")
-
-    start_time = time.perf_counter()
-    previous_elapsed = 0.0
-
-    def end_of_epoch(solver):
-        write_metrics_row(paths["metrics.csv"], solver, start_time, previous_elapsed)
-        solver.save(paths["checkpoint.npz"])
-        save_curves(paths["curves.png"], solver)
-
-    solver = Solver(
-        model,
-        data,
-        update_rule=args.update_rule,
-        optim_config={"learning_rate": args.lr},
-        lr_decay=args.lr_decay,
-        lr_schedule=None if args.lr_schedule == "none" else args.lr_schedule,
-        weight_decay=args.weight_decay,
-        batch_size=args.batch_size,
-        num_epochs=args.epochs,
-        num_train_samples=1000,
-        num_val_samples=None,
-        augment=partial(data_utils.random_crop_flip, pad=4) if args.augment else None,
-        shuffle=True,
-        seed=args.seed,
-        verbose=not args.quiet,
-        print_every=max(len(data["X_train"]) // args.batch_size // 4, 1),
-        on_epoch_end=end_of_epoch,
-    )
-    if resume:
-        solver.load(paths["checkpoint.npz"])
-        rows = read_metrics(paths["metrics.csv"], solver.epoch)
-        rewrite_metrics(paths["metrics.csv"], rows)
-        previous_elapsed = float(rows[-1]["elapsed_s"]) if rows else 0.0
-        print(f"Resuming from epoch {solver.epoch} of {args.epochs}")
-    else:
-        with open(paths["config.json"], "w") as f:
-            json.dump(vars(args), f, indent=2)
-        for name in ("metrics.csv", "checkpoint.npz"):
-            if os.path.exists(paths[name]):
-                os.remove(paths[name])
-
-    try:
-        solver.train()
-    except KeyboardInterrupt:
-        solver.save(paths["checkpoint.npz"])
-        print(f"\nInterrupted at epoch {solver.epoch}; state saved to {paths['checkpoint.npz']}."
-              f"\nContinue with: convlab-train --out {args.out} --resume")
-        return 130
-
-    save_model(model, paths["model.npz"])
-    # The Solver measured it on the whole validation set (num_val_samples=None) and kept
-    # those parameters, so there is nothing to recompute.
-    print(f"Best validation accuracy: {solver.best_val_acc:.4f}")
-    if "X_test" in data:
-        test_acc = solver.check_accuracy(data["X_test"], data["y_test"])
-        print(f"Test accuracy: {test_acc:.4f}")
-    else:
-        print("Test accuracy: n/a (this dataset has no test split)")
-    elapsed = previous_elapsed + time.perf_counter() - start_time
-    print(f"Wall time {elapsed:.0f} s. Model saved to {paths['model.npz']}; "
-          f"curves in {paths['curves.png']}, metrics in {paths['metrics.csv']}")
-    return 0
+def config_from_args(args):
+    """The RunConfig of parsed arguments (every RunConfig field is a flag)."""
+    return RunConfig.from_dict({name: getattr(args, name) for name in RunConfig().to_dict()})
 
 
 def main(argv=None):
     parser = build_parser()
     args = parser.parse_args(argv)
-    resume = args.resume
-    if resume:
-        config_path = os.path.join(args.out, "config.json")
-        if not os.path.exists(config_path):
-            parser.error(f"--resume: no run to continue in {args.out} (no config.json)")
-        with open(config_path) as f:
-            saved = json.load(f)
-        # The run continues with the arguments it started with, so it ends where it would have.
-        args = argparse.Namespace(**{**saved, "out": args.out, "resume": True})
     try:
-        return run(args, resume=resume)
+        # --resume continues with the configuration the run started with (config.json), so
+        # it ends where it would have.
+        config = None if args.resume else config_from_args(args)
+        results = run(config, out=args.out, resume=args.resume, verbose=not args.quiet)
+    except KeyboardInterrupt:
+        print(f"\nInterrupted; state saved to {args.out}/checkpoint.npz."
+              f"\nContinue with: convlab-train --out {args.out} --resume")
+        return 130
     except (FileNotFoundError, ValueError) as err:
         print(f"convlab-train: error: {err}", file=sys.stderr)
         return 2
+    print(f"Best validation accuracy: {results['best_val_acc']:.4f}")
+    if results["test_acc"] is None:
+        print("Test accuracy: n/a (this dataset has no test split)")
+    else:
+        print(f"Test accuracy: {results['test_acc']:.4f}")
+    out = results["out"]
+    print(f"Wall time {results['elapsed_s']:.0f} s. Model saved to {out}/model.npz; "
+          f"curves in {out}/curves.png, metrics in {out}/metrics.csv")
+    return 0
 
 
 if __name__ == "__main__":

@@ -29,6 +29,7 @@ from convlab.data_utils import (
     load_builtin_dataset,
     load_CIFAR10,
     load_CIFAR_batch,
+    load_dataset,
     load_image_folder,
     make_builtin_images,
     preprocess_images,
@@ -916,3 +917,51 @@ def test_augment_bad_arguments(batch):
         random_crop_flip(batch[0], np.random.default_rng(0))
     with pytest.raises(ValueError):
         random_crop(batch, np.random.default_rng(0), pad=-1)
+
+
+# ---------------------------------------------------------------------------------------------
+# load_dataset: one entry point, the same dict for every source
+# ---------------------------------------------------------------------------------------------
+
+def _assert_dataset(data, source, class_names, splits):
+    assert data["source"] == source and data["class_names"] == list(class_names)
+    for split in splits:
+        X, y = data[f"X_{split}"], data[f"y_{split}"]
+        assert X.ndim == 4 and X.shape[0] == y.shape[0] and X.dtype == np.float32
+        assert y.dtype == np.int64 and np.all((y >= 0) & (y < len(class_names)))
+    assert ("X_test" in data) == ("test" in splits)
+
+
+def test_load_dataset_builtin():
+    data = load_dataset("builtin", sizes=(40, 10, 10), seed=3)
+    _assert_dataset(data, "builtin", BUILTIN_CLASS_NAMES, ("train", "val", "test"))
+    assert data["X_train"].shape == (40, 3, 32, 32) and data["description"].startswith("built-in")
+    np.testing.assert_array_equal(data["X_val"],
+                                  load_builtin_dataset(40, 10, 10, seed=3)["X_val"])
+
+
+def test_load_dataset_cifar10_and_auto(cifar):
+    root, _ = cifar
+    for source in ("cifar10", "auto"):
+        data = load_dataset(source, sizes=(40, 5, 12), cifar10_dir=root, num_train=30)
+        _assert_dataset(data, "cifar10", du.CIFAR10_CLASS_NAMES, ("train", "val", "test"))
+        assert data["class_names"][:2] == ["airplane", "automobile"]
+        assert len(data["X_train"]) == 30 and len(data["X_val"]) == 5
+        expected = get_CIFAR10_data(40, 5, 12, cifar10_dir=root)
+        np.testing.assert_array_equal(data["X_test"], expected["X_test"])
+
+
+def test_load_dataset_auto_falls_back_to_builtin(tmp_path):
+    data = load_dataset("auto", sizes=(20, 10, 10), cifar10_dir=tmp_path)
+    assert data["source"] == "builtin"
+
+
+def test_load_dataset_image_folder(tmp_path):
+    make_image_tree(tmp_path, np.random.default_rng(0))
+    data = load_dataset(str(tmp_path / "train"), val_per_class=0)
+    _assert_dataset(data, "folder", ["Dog", "cat", "zebra"], ("train", "val"))
+    assert len(data["X_train"]) == 6 and str(tmp_path) in data["description"]
+    with pytest.raises(FileNotFoundError, match="nowhere"):
+        load_dataset(str(tmp_path / "nowhere"))
+    with pytest.raises(TypeError, match="floating-point"):
+        load_dataset("builtin", dtype=np.int32)

@@ -6,7 +6,8 @@ import signal
 import numpy as np
 import pytest
 
-from convlab import optim
+from convlab import optim, schedules
+from convlab.callbacks import Callback, Checkpoint, EarlyStopping, StepTimer
 from convlab.classifiers import FullyConnectedNet, TwoLayerNet
 from convlab.serialization import load_model, load_npz, save_model
 from convlab.solver import Solver
@@ -280,3 +281,105 @@ def test_save_and_load_model(rng, tmp_path):
     loaded = load_model(tmp_path / "m.npz")
     assert type(loaded) is FullyConnectedNet
     np.testing.assert_array_equal(loaded.loss(X), model.loss(X))
+
+
+# ----------------------------------------------------------------------------- callbacks
+
+
+def _tiny_solver(rng, **kwargs):
+    data = small_data(rng)
+    model = FullyConnectedNet([10], input_dim=20, num_classes=5, seed=0)
+    kwargs = {"update_rule": "adam", "optim_config": {"learning_rate": 1e-2}, "num_epochs": 3,
+              "batch_size": 10, "verbose": False, "seed": 0, **kwargs}
+    return Solver(model, data, **kwargs)
+
+
+def test_callbacks_are_called_in_order_at_each_hook(rng):
+    calls = []
+
+    class Recorder(Callback):
+        def __init__(self, name):
+            self.name = name
+
+        def on_train_begin(self, solver):
+            calls.append((self.name, "begin", solver.iteration, len(solver.val_acc_history)))
+
+        def on_step_end(self, solver):
+            calls.append((self.name, "step", solver.iteration))
+
+        def on_epoch_end(self, solver):
+            calls.append((self.name, "epoch", solver.epoch, len(solver.val_acc_history)))
+
+        def on_train_end(self, solver):
+            calls.append((self.name, "end", solver.iteration))
+
+    solver = _tiny_solver(rng, callbacks=[Recorder("a"), Recorder("b")])
+    solver.train()
+    per_epoch = solver.iterations_per_epoch  # 50 examples / 10
+    assert calls[:2] == [("a", "begin", 0, 1), ("b", "begin", 0, 1)]
+    steps = [c for c in calls if c[1] == "step"]
+    assert [c[2] for c in steps[::2]] == list(range(1, 3 * per_epoch + 1))
+    epochs = [c for c in calls if c[1] == "epoch"]
+    assert epochs == [(n, "epoch", e, e + 1) for e in (1, 2, 3) for n in ("a", "b")]
+    assert calls[-2:] == [("a", "end", 15), ("b", "end", 15)]
+
+
+def test_train_end_runs_when_training_fails(rng):
+    ended = []
+
+    class Boom(Callback):
+        def on_step_end(self, solver):
+            raise RuntimeError("boom")
+
+        def on_train_end(self, solver):
+            ended.append(solver.iteration)
+
+    with pytest.raises(RuntimeError, match="boom"):
+        _tiny_solver(rng, callbacks=[Boom()]).train()
+    assert ended == [1]
+
+
+def test_early_stopping_stops_and_keeps_best(rng):
+    solver = _tiny_solver(rng, num_epochs=50, optim_config={"learning_rate": 0.0},
+                          callbacks=[EarlyStopping(patience=2)])
+    solver.train()  # a zero learning rate never improves: stop after 2 more epochs
+    assert solver.epoch == 2 and len(solver.val_acc_history) == 3
+    with pytest.raises(ValueError, match="patience"):
+        EarlyStopping(patience=0)
+
+
+def test_checkpoint_and_step_timer_callbacks(rng, tmp_path):
+    timer = StepTimer()
+    path = str(tmp_path / "ckpt_{epoch}.npz")
+    solver = _tiny_solver(rng, callbacks=[Checkpoint(path), timer])
+    solver.train()
+    assert sorted(os.listdir(tmp_path)) == [f"ckpt_{e}.npz" for e in (1, 2, 3)]
+    assert len(timer.times) == solver.num_iterations and min(timer.times) > 0
+    other = _tiny_solver(rng)
+    other.load(str(tmp_path / "ckpt_2.npz"))
+    assert other.epoch == 2 and other.iteration == 2 * solver.iterations_per_epoch
+
+
+def test_state_dict_round_trip(rng):
+    solver = _tiny_solver(rng, num_epochs=1)
+    solver.train()
+    arrays, meta = solver.state_dict()
+    other = _tiny_solver(rng, num_epochs=1)
+    other.load_state_dict(arrays, meta)
+    assert other.state_dict()[1] == meta
+    for name, value in other.state_dict()[0].items():
+        np.testing.assert_array_equal(value, arrays[name])
+    with pytest.raises(ValueError, match="not a convlab solver checkpoint"):
+        other.load_state_dict(arrays, {"format": "other"})
+
+
+def test_schedules_are_pure_functions_of_the_position():
+    assert schedules.cosine(0, 100) == 1 and schedules.cosine(100, 100) == pytest.approx(0)
+    assert schedules.cosine(50, 100) == pytest.approx(0.5)
+    step = schedules.make_schedule("step", num_epochs=9, iterations_per_epoch=10)
+    assert [step(i, 90) for i in (0, 29, 30, 60)] == pytest.approx([1, 1, 0.1, 0.01])
+    one = schedules.make_schedule("onecycle", 10, 10, warmup_frac=0.5)
+    assert one(0, 100) == pytest.approx(1 / 25) and one(50, 100) == pytest.approx(1)
+    assert one(100, 100) == pytest.approx(1e-4)
+    with pytest.raises(ValueError, match="lr_schedule must be one of"):
+        schedules.make_schedule("linear", 10, 10)

@@ -44,8 +44,8 @@ def test_cli_reports_bad_arguments(tmp_path, capsys):
     assert "adamw" in capsys.readouterr().err
     assert main([*TINY_RUN, "--model", "nosuchnet", "--out", str(tmp_path / "r")]) == 2
     assert "nosuchnet" in capsys.readouterr().err
-    with pytest.raises(SystemExit):
-        main(["--resume", "--out", str(tmp_path / "empty")])
+    assert main(["--resume", "--out", str(tmp_path / "empty")]) == 2
+    assert "no config.json" in capsys.readouterr().err
 
 
 def _start_run(out, epochs):
@@ -101,10 +101,26 @@ def test_interrupted_run_resumes_to_same_numbers(how, tmp_path):
     "flags", [["--model", "fc", "--dropout-keep", "0.5"],
               ["--model", "conv3-4,relu,dropout0.5,gap,fc10"]], ids=["fc", "convnet"]
 )
-def test_cli_models_draw_fresh_dropout_masks(flags, rng):
-    from convlab.train import build_model, build_parser
+def test_cli_models_train_with_fresh_dropout_masks(flags, rng):
+    from convlab.run import build_model
+    from convlab.solver import Solver
+    from convlab.train import build_parser, config_from_args
 
-    model = build_model(build_parser().parse_args(flags), (3, 8, 8), 10)
-    X, y = rng.standard_normal((4, 3, 8, 8)), np.array([0, 1, 2, 3])
-    losses = {model.loss(X, y)[0] for _ in range(3)}
-    assert len(losses) == 3  # a seeded model would repeat one mask, hence one loss
+    model = build_model(config_from_args(build_parser().parse_args(flags)), (3, 8, 8), 10)
+    X, y = rng.standard_normal((8, 3, 8, 8)), np.arange(8) % 10
+    fixed = {model.loss(X, y)[0] for _ in range(3)}
+    assert len(fixed) == 1  # the model's seed fixes its masks, for gradient checks
+
+    class Losses:
+        def __init__(self):
+            self.losses = []
+
+        def on_step_end(self, solver):
+            self.losses.append(model.loss(X, y)[0])
+
+    losses = Losses()
+    data = {"X_train": X, "y_train": y, "X_val": X, "y_val": y}
+    Solver(model, data, optim_config={"learning_rate": 0.0}, num_epochs=3, batch_size=8,
+           verbose=False, seed=0, callbacks=[losses]).train()
+    assert len(set(losses.losses)) == 3  # while the Solver trains, every step draws a mask
+    assert {model.loss(X, y)[0] for _ in range(2)} == fixed  # and afterwards they are fixed

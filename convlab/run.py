@@ -1,0 +1,246 @@
+"""Training runs from plain configurations: ``run(RunConfig(...), out=DIR)``.
+
+``RunConfig`` is everything that decides what a run computes (data, model, optimisation),
+as a dataclass that round-trips through JSON; ``RunDir`` is the run's directory
+(``config.json``, ``checkpoint.npz``, ``metrics.csv``, ``curves.png``, ``model.npz``);
+``run`` trains and returns the results. The command line (convlab.train) and
+hyperparameter search build a RunConfig and call ``run``; nothing else trains from a config.
+"""
+
+import csv
+import dataclasses
+import json
+import os
+from dataclasses import dataclass, field
+from functools import partial
+
+import numpy as np
+
+from convlab.callbacks import Checkpoint, Curves, MetricsCSV
+from convlab.classifiers import ConvNet, FullyConnectedNet, ThreeLayerConvNet
+from convlab.data import load_dataset, random_crop_flip
+from convlab.serialization import save_model
+from convlab.solver import Solver
+
+__all__ = ["RunConfig", "RunDir", "build_model", "run"]
+
+# Keys of config.json files written before RunConfig existed (the CLI's flags); they are
+# run options, not configuration, and are dropped when such a file is read.
+_LEGACY_KEYS = ("out", "resume", "quiet")
+
+
+@dataclass
+class RunConfig:
+    """What a training run computes. Field names match convlab-train's flags.
+
+    data: 'auto' | 'builtin' | 'cifar10' | path of an image folder or tarball.
+    model: 'fc' | 'threelayer' | a ConvNet preset name or architecture string.
+    fc uses hidden_dims, normalization ('none' | 'batchnorm' | 'layernorm') and
+    dropout_keep; threelayer uses num_filters, filter_size, hidden_dim. weight_scale None
+    is He initialisation. lr_schedule is 'none' or a name in convlab.schedules; lr_decay
+    applies only with 'none'. seed seeds the built-in data, the initial weights and the
+    Solver (batches, augmentation, dropout masks).
+    """
+
+    data: str = "auto"
+    cifar10_dir: str | None = None
+    val_per_class: int = 500
+    num_train: int | None = None
+    builtin_size: list = field(default_factory=lambda: [10000, 1000, 1000])
+    model: str = "threelayer"
+    hidden_dims: list = field(default_factory=lambda: [512, 256])
+    normalization: str = "batchnorm"
+    dropout_keep: float = 1.0
+    num_filters: int = 32
+    filter_size: int = 7
+    hidden_dim: int = 100
+    weight_scale: float | None = None
+    reg: float = 0.0
+    epochs: int = 5
+    batch_size: int = 64
+    update_rule: str = "adam"
+    lr: float = 1e-3
+    lr_schedule: str = "cosine"
+    lr_decay: float = 1.0
+    weight_decay: float = 0.0
+    dtype: str = "float32"
+    augment: bool = True
+    seed: int = 0
+
+    def to_dict(self):
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values):
+        """A RunConfig from a dict such as to_dict() gives; ValueError on unknown keys.
+        Missing keys take their defaults."""
+        values = {k: v for k, v in values.items() if k not in _LEGACY_KEYS}
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"unknown run configuration keys: {', '.join(unknown)}")
+        return cls(**values)
+
+    def to_json(self):
+        return json.dumps(self.to_dict(), indent=2)
+
+    @classmethod
+    def from_json(cls, text):
+        try:
+            values = json.loads(text)
+        except json.JSONDecodeError as err:
+            raise ValueError(f"run configuration is not valid JSON: {err}") from None
+        if not isinstance(values, dict):
+            raise ValueError("run configuration must be a JSON object")
+        return cls.from_dict(values)
+
+
+def build_model(config, input_shape, num_classes):
+    """The classifier ``config.model`` names, for inputs of ``input_shape``."""
+    dtype = np.dtype(config.dtype)
+    common = dict(num_classes=num_classes, weight_scale=config.weight_scale, reg=config.reg,
+                  dtype=dtype, seed=config.seed)
+    if config.model == "fc":
+        return FullyConnectedNet(
+            config.hidden_dims,
+            input_dim=int(np.prod(input_shape)),
+            dropout_keep_ratio=config.dropout_keep,
+            normalization=None if config.normalization == "none" else config.normalization,
+            **common,
+        )
+    if config.model == "threelayer":
+        return ThreeLayerConvNet(
+            input_dim=input_shape,
+            num_filters=config.num_filters,
+            filter_size=config.filter_size,
+            hidden_dim=config.hidden_dim,
+            **common,
+        )
+    return ConvNet(config.model, input_dim=input_shape, **common)
+
+
+class RunDir:
+    """A run's directory and the files in it."""
+
+    NAMES = ("config.json", "checkpoint.npz", "metrics.csv", "curves.png", "model.npz")
+
+    def __init__(self, path):
+        self.path = os.fspath(path)
+        for name in self.NAMES:
+            setattr(self, name.replace(".", "_"), os.path.join(self.path, name))
+
+    def write_config(self, config):
+        os.makedirs(self.path, exist_ok=True)
+        tmp = self.config_json + ".tmp"
+        with open(tmp, "w") as f:
+            f.write(config.to_json())
+        os.replace(tmp, self.config_json)
+
+    def read_config(self):
+        """The RunConfig saved in config.json; FileNotFoundError when there is none."""
+        if not os.path.exists(self.config_json):
+            raise FileNotFoundError(f"no run to continue in {self.path} (no config.json)")
+        with open(self.config_json) as f:
+            return RunConfig.from_json(f.read())
+
+    def start_fresh(self):
+        """Remove the checkpoint and metrics of an earlier run in this directory."""
+        for path in (self.checkpoint_npz, self.metrics_csv):
+            if os.path.exists(path):
+                os.remove(path)
+
+    def truncate_metrics(self, up_to_epoch):
+        """Keep the metrics rows of epochs <= up_to_epoch (a resumed run rewrites later
+        ones); returns the wall time the kept epochs took."""
+        if not os.path.exists(self.metrics_csv):
+            return 0.0
+        with open(self.metrics_csv, newline="") as f:
+            rows = [row for row in csv.DictReader(f) if int(row["epoch"]) <= up_to_epoch]
+        tmp = self.metrics_csv + ".tmp"
+        with open(tmp, "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=MetricsCSV.FIELDS)
+            writer.writeheader()
+            writer.writerows(rows)
+        os.replace(tmp, self.metrics_csv)
+        return float(rows[-1]["elapsed_s"]) if rows else 0.0
+
+
+def run(config, out="runs/latest", resume=False, verbose=True, callbacks=()):
+    """Train the run ``config`` describes, writing its directory ``out``.
+
+    resume=True continues the run in ``out`` from its checkpoint (``config`` None reads it
+    from ``out/config.json``; the saved configuration is what the run continues with).
+    ``callbacks`` are extra Solver callbacks (e.g. to report each epoch to a tuner).
+
+    Returns a dict: ``best_val_acc``, ``test_acc`` (None without a test split),
+    ``epochs`` (completed), ``elapsed_s``, ``history`` (loss_history, train_acc_history,
+    val_acc_history, lr_history) and ``out``. Ctrl-C saves the checkpoint, then raises
+    KeyboardInterrupt.
+    """
+    run_dir = RunDir(out)
+    if resume:
+        config = run_dir.read_config()
+    elif not isinstance(config, RunConfig):
+        raise TypeError(f"config must be a RunConfig, got {type(config).__name__}")
+    say = print if verbose else (lambda *args: None)
+
+    data = load_dataset(config.data, sizes=config.builtin_size, seed=config.seed,
+                        dtype=config.dtype, cifar10_dir=config.cifar10_dir,
+                        val_per_class=config.val_per_class, num_train=config.num_train)
+    if config.data == "auto" and data["source"] == "builtin":
+        say("CIFAR-10 not found; training on the built-in offline dataset "
+            "(see README to use CIFAR-10).")
+    input_shape = data["X_train"].shape[1:]
+    num_classes = int(max(data["y_train"].max(), data["y_val"].max())) + 1
+    model = build_model(config, input_shape, num_classes)
+    say(f"Training {config.model} on {data['description']}: {len(data['X_train'])} train, "
+        f"{len(data['X_val'])} val examples of shape {input_shape}, {num_classes} classes")
+
+    metrics = MetricsCSV(run_dir.metrics_csv)
+    solver = Solver(
+        model,
+        data,
+        update_rule=config.update_rule,
+        optim_config={"learning_rate": config.lr},
+        lr_decay=config.lr_decay,
+        lr_schedule=None if config.lr_schedule == "none" else config.lr_schedule,
+        weight_decay=config.weight_decay,
+        batch_size=config.batch_size,
+        num_epochs=config.epochs,
+        num_train_samples=1000,
+        num_val_samples=None,
+        augment=partial(random_crop_flip, pad=4) if config.augment else None,
+        shuffle=True,
+        seed=config.seed,
+        verbose=verbose,
+        print_every=max(len(data["X_train"]) // config.batch_size // 4, 1),
+        callbacks=[metrics, Checkpoint(run_dir.checkpoint_npz), Curves(run_dir.curves_png),
+                   *callbacks],
+    )
+    if resume:
+        solver.load(run_dir.checkpoint_npz)
+        metrics.elapsed_offset = run_dir.truncate_metrics(solver.epoch)
+        say(f"Resuming from epoch {solver.epoch} of {config.epochs}")
+    else:
+        run_dir.write_config(config)
+        run_dir.start_fresh()
+
+    try:
+        solver.train()
+    except KeyboardInterrupt:
+        solver.save(run_dir.checkpoint_npz)
+        raise
+
+    save_model(model, run_dir.model_npz)
+    test_acc = None
+    if "X_test" in data:
+        test_acc = solver.check_accuracy(data["X_test"], data["y_test"])
+    return {
+        "best_val_acc": solver.best_val_acc,
+        "test_acc": test_acc,
+        "epochs": solver.epoch,
+        "elapsed_s": metrics.elapsed(),
+        "history": {key: list(getattr(solver, key)) for key in
+                    ("loss_history", "train_acc_history", "val_acc_history", "lr_history")},
+        "out": run_dir.path,
+    }
