@@ -48,6 +48,9 @@ _pyenv_interpreters_on_path()
 
 def _run_suite(session, threads, *pins):
     """Install convlab (built with the session's environment) and ``pins``, run every test."""
+    # setuptools keeps build/ between builds; a module built by an older tree would be
+    # packed into this session's wheel.
+    shutil.rmtree("build", ignore_errors=True)
     session.install(".[test]", *pins)
     env = {name: str(threads) for name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS")}
     root = os.getcwd()

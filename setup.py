@@ -4,6 +4,7 @@ OpenMP is used when the compiler accepts it (gcc, clang with libomp) and silentl
 dropped otherwise (e.g. Apple clang), because the kernels are correct either way.
 """
 
+import glob
 import os
 import tempfile
 
@@ -45,10 +46,16 @@ class BuildExtMaybeOpenMP(build_ext):
         super().build_extensions()
 
 
+# Builds before 0.2 compiled convlab/fast_layers.pyx in place; such a leftover
+# fast_layers*.so would shadow convlab/fast_layers.py on import, so it is removed.
+for stale in glob.glob(os.path.join(os.path.dirname(os.path.abspath(__file__)), "convlab",
+                                    "fast_layers*.so")):
+    os.remove(stale)
+
 extensions = [
     Extension(
-        "convlab.fast_layers",
-        ["convlab/fast_layers.pyx"],
+        "convlab._kernels",
+        ["convlab/_kernels.pyx"],
         include_dirs=[np.get_include()],
         define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
     )

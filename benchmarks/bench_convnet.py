@@ -32,7 +32,8 @@ for name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
 import numpy as np  # noqa: E402
 
 from convlab import optim  # noqa: E402
-from convlab.classifiers import ConvNet, convnet  # noqa: E402
+from convlab.classifiers import ConvNet  # noqa: E402
+from convlab.classifiers.convnet import LayerTimes  # noqa: E402
 
 try:
     import torch
@@ -64,7 +65,7 @@ def convlab_step(batch):
         for name, w in model.params.items():
             model.params[name], configs[name] = optim.adam(w, grads[name], configs[name])
 
-    return step
+    return step, model
 
 
 def torch_step(batch):
@@ -93,30 +94,19 @@ def torch_step(batch):
     return step
 
 
-def layer_breakdown(step, repeats):
-    """Share of convlab's iteration spent in each layer kind, forward and backward together."""
+def layer_breakdown(batch, repeats):
+    """Share of convlab's iteration spent in each layer kind, forward and backward together,
+    measured through the model's LayerTimes hook."""
+    step, model = convlab_step(batch)
+    step()  # warm up
+    model.layer_times = LayerTimes()
+    start = time.perf_counter()
+    for _ in range(repeats):
+        step()
+    total = time.perf_counter() - start
     spent = defaultdict(float)
-
-    def timed(kind, fn):
-        def wrapper(*args):
-            start = time.perf_counter()
-            result = fn(*args)
-            spent[kind] += time.perf_counter() - start
-            return result
-
-        return wrapper
-
-    originals = {table: dict(getattr(convnet, table)) for table in ("FORWARD", "BACKWARD")}
-    for table, fns in originals.items():
-        getattr(convnet, table).update({kind: timed(kind, fn) for kind, fn in fns.items()})
-    try:
-        start = time.perf_counter()
-        for _ in range(repeats):
-            step()
-        total = time.perf_counter() - start
-    finally:
-        for table, fns in originals.items():
-            getattr(convnet, table).update(fns)
+    for (kind, _phase), seconds in model.layer_times.seconds.items():
+        spent[kind] += seconds
     spent["loss, update and glue"] = total - sum(spent.values())
     return {kind: seconds / total for kind, seconds in sorted(spent.items(), key=lambda kv: -kv[1])}
 
@@ -125,7 +115,7 @@ def main():
     iterations = -(-ARGS.train_size // ARGS.batch)
     print(f"reference preset, float32, batch {ARGS.batch}, {ARGS.threads} threads, "
           f"{iterations} iterations per epoch of {ARGS.train_size}, median of {ARGS.repeats}\n")
-    ours = median_ms(convlab_step(ARGS.batch), ARGS.repeats)
+    ours = median_ms(convlab_step(ARGS.batch)[0], ARGS.repeats)
     print("| library | iteration (ms) | epoch (s) | ratio to PyTorch |")
     print("|---|---|---|---|")
     theirs = median_ms(torch_step(ARGS.batch), ARGS.repeats) if torch is not None else None
@@ -138,7 +128,7 @@ def main():
         print("| PyTorch | not installed (pip install torch) | | |")
 
     print("\n| convlab layer kind | share of iteration |\n|---|---|")
-    for kind, share in layer_breakdown(convlab_step(ARGS.batch), ARGS.repeats).items():
+    for kind, share in layer_breakdown(ARGS.batch, ARGS.repeats).items():
         print(f"| {kind} | {100 * share:.1f}% |")
 
 

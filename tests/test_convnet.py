@@ -6,7 +6,7 @@ import pytest
 from conftest import assert_check_catches_wrong_gradients, check_model_gradients
 
 from convlab.classifiers import ConvNet
-from convlab.classifiers.convnet import LAYER_KINDS, expand_spec
+from convlab.classifiers.convnet import KINDS, expand_spec
 from convlab.serialization import load_model, save_model
 from convlab.solver import Solver
 
@@ -48,7 +48,7 @@ def test_every_layer_kind_gradients(rng):
         EVERY_KIND, input_dim=(3, 12, 12), num_classes=5, reg=0.1, dtype=np.float64, seed=1
     )
     kinds = {layer.kind for layer in model.layers}
-    assert kinds == set(LAYER_KINDS)
+    assert kinds == set(KINDS)
     assert "res6.shortcut.W" not in model.params and "res10.shortcut.W" in model.params
     X, y = batch(rng, 4, (3, 12, 12), num_classes=5)
     check_model_gradients(model, X, y)

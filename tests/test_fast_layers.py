@@ -311,13 +311,14 @@ def test_parallel_kernels_match_serial_ones(rng):
         return results + [out, fl.global_avg_pool_backward_fast(out, cache), cols,
                           fl.col2im_cython(cols, 5, 3, 9, 8, 3, 2, 1, 2)]
 
+    threads = fl._kernels.get_num_threads()
     try:
-        fl._set_kernel_threads(1)
+        fl._kernels.set_num_threads(1)
         serial = run_all()
-        fl._set_kernel_threads(2)
+        fl._kernels.set_num_threads(2)
         parallel = run_all()
     finally:
-        fl._set_kernel_threads(fl._threads_from_environment())
+        fl._kernels.set_num_threads(threads)
     for a, b_ in zip(serial, parallel, strict=True):
         np.testing.assert_array_equal(a, b_)
 

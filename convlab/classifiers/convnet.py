@@ -38,6 +38,8 @@ other size is a ValueError, and a spec that does not end in fc gets ``fc{num_cla
 appended (it flattens whatever comes before). Shapes are worked out when the model is built,
 so a layer that does not fit its input fails there, with the layer named.
 
+The layer kinds are records in :mod:`convlab.classifiers.convnet_layers` (``KINDS``).
+
 Names
 -----
 After groups expand (and the final fc is appended) the layers are numbered from 1 and named
@@ -50,372 +52,23 @@ projection, ``res4.shortcut.W`` and ``res4.shortcut_bn.*``. ``model.bn_params`` 
 dict per batchnorm in the order the layers run (a block's shortcut_bn after its bn2).
 """
 
-import re
-from dataclasses import dataclass, field
-
 import numpy as np
 
-from convlab._checks import conv_output_size, pool_output_size
-from convlab.classifiers.base import Classifier, init_std
-from convlab.fast_layers import (
-    avg_pool_backward_fast,
-    avg_pool_forward_fast,
-    conv_backward_fast,
-    conv_forward_fast,
-    global_avg_pool_backward_fast,
-    global_avg_pool_forward_fast,
-    max_pool_backward_fast,
-    max_pool_forward_fast,
+from convlab.classifiers.base import Classifier
+from convlab.classifiers.convnet_layers import (
+    KINDS,
+    Builder,
+    Layer,
+    LayerTimes,
+    expand_spec,
+    parse_layer,
+    run_backward,
+    run_forward,
+    shape_text,
 )
-from convlab.layers import (
-    affine_backward,
-    affine_forward,
-    batchnorm_backward_alt,
-    batchnorm_forward,
-    dropout_backward,
-    dropout_forward,
-    elu_backward,
-    elu_forward,
-    leaky_relu_backward,
-    leaky_relu_forward,
-    relu_backward,
-    relu_forward,
-    softmax_loss,
-    spatial_batchnorm_backward,
-    spatial_batchnorm_forward,
-    spatial_groupnorm_backward,
-    spatial_groupnorm_forward,
-)
+from convlab.layers import softmax_loss
 
-# ----------------------------------------------------------------------------- parsing
-
-_NUMBER = r"\d*\.?\d+"
-
-# kind -> (pattern of a whole token, its form for error messages). The named groups are the
-# layer's arguments; a conv's "-nobias" is read from the token itself.
-LAYER_KINDS = {
-    "conv": (
-        r"conv(?P<size>\d+)-(?P<filters>\d+)(?:-s(?P<stride>\d+))?(?:-p(?P<pad>\d+))?(?:-nobias)?",
-        "convK-F[-sS][-pP][-nobias]",
-    ),
-    "bn": (r"bn", "bn"),
-    "gn": (r"gn(?P<groups>\d+)", "gnG"),
-    "relu": (r"relu", "relu"),
-    "lrelu": (rf"lrelu(?P<alpha>{_NUMBER})?", "lrelu[A]"),
-    "elu": (rf"elu(?P<alpha>{_NUMBER})?", "elu[A]"),
-    "maxpool": (r"pool|maxpool(?P<size>\d+)(?:-s(?P<stride>\d+))?", "pool | maxpoolK[-sS]"),
-    "avgpool": (r"avgpool(?P<size>\d+)(?:-s(?P<stride>\d+))?", "avgpoolK[-sS]"),
-    "gap": (r"gap", "gap"),
-    "dropout": (rf"dropout(?P<keep>{_NUMBER})", "dropoutP"),
-    "fc": (r"fc(?P<units>\d+)", "fcM"),
-    "res": (r"res-(?P<filters>\d+)(?:-s(?P<stride>\d+))?", "res-F[-sS]"),
-}
-VALID_KINDS = ", ".join(form for _, form in LAYER_KINDS.values()) + " and groups [...]xN"
-
-
-def _split_top_level(spec):
-    """Split spec at the commas outside brackets; ValueError on unbalanced brackets."""
-    items, depth, start = [], 0, 0
-    for i, char in enumerate(spec):
-        depth += {"[": 1, "]": -1}.get(char, 0)
-        if depth < 0:
-            raise ValueError(f"unbalanced ']' at position {i} of architecture {spec!r}")
-        if char == "," and depth == 0:
-            items.append(spec[start:i])
-            start = i + 1
-    if depth:
-        raise ValueError(f"unclosed '[' in architecture {spec!r}")
-    return [*items, spec[start:]]
-
-
-def expand_spec(spec):
-    """The layer tokens of a spec in order, each group [...]xN written out N times.
-
-    >>> expand_spec("[conv3-8, relu]x2, pool")
-    ['conv3-8', 'relu', 'conv3-8', 'relu', 'pool']
-    """
-    spec = "".join(spec.split()).lower()
-    tokens = []
-    for item in _split_top_level(spec):
-        group = re.fullmatch(r"\[(.*)\]x(\d+)", item)
-        if group:
-            if int(group[2]) < 1:
-                raise ValueError(f"group {item!r} must repeat at least once")
-            tokens += expand_spec(group[1]) * int(group[2])
-        elif not item or "[" in item or "]" in item:
-            raise ValueError(
-                f"malformed item {item!r} in architecture {spec!r}: expected a layer "
-                f"({VALID_KINDS})"
-            )
-        else:
-            tokens.append(item)
-    return tokens
-
-
-def parse_layer(token):
-    """One layer token -> (kind, args): e.g. "conv3-64-s2" -> ("conv", {size: 3, ...})."""
-    for kind, (pattern, _) in LAYER_KINDS.items():
-        match = re.fullmatch(pattern, token)
-        if match:
-            args = {k: v for k, v in match.groupdict().items() if v is not None}
-            return kind, {k: float(v) if "." in v else int(v) for k, v in args.items()}
-    raise ValueError(f"unknown layer {token!r} in architecture; valid kinds: {VALID_KINDS}")
-
-
-# ----------------------------------------------------------------------------- layers
-
-
-@dataclass
-class Layer:
-    """One layer: what its forward and backward need, and its row in the summary."""
-
-    kind: str  # key of BUILD / FORWARD / BACKWARD
-    name: str  # prefix of its parameter names, e.g. "conv1" or "res4.conv1"
-    token: str  # its text in the spec
-    out_shape: tuple = ()  # output shape of one example: (C, H, W) or (D,)
-    opts: dict = field(default_factory=dict)  # conv_param, pool_param, bn_param, ...
-    body: list = field(default_factory=list)  # res blocks: the residual branch
-    shortcut: list = field(default_factory=list)  # res blocks: projection; [] is identity
-
-    def key(self, param):
-        return f"{self.name}.{param}"
-
-
-def _image(shape):
-    if len(shape) != 3:
-        raise ValueError(f"needs an image input (C, H, W), got a vector of shape {shape}")
-    return shape
-
-
-def _positive(**values):
-    for name, value in values.items():
-        if value < 1 or not isinstance(value, int):
-            raise ValueError(f"{name} must be a positive integer, got {value}")
-
-
-# Builders: (net, layer, args, input shape) -> output shape. They check the geometry and
-# create the layer's parameters through the net, which owns the initialisation.
-
-
-def _build_conv(net, layer, args, shape):
-    C, H, W = _image(shape)
-    K, F = args["size"], args["filters"]
-    stride, pad = args.get("stride", 1), args.get("pad", (K - 1) // 2)
-    _positive(filter_size=K, filters=F)
-    H_out, W_out = conv_output_size(H, W, K, K, stride, pad)
-    layer.opts["conv_param"] = {"stride": stride, "pad": pad}
-    net._new_weight(layer.key("W"), (F, C, K, K), fan_in=C * K * K)
-    if not layer.token.endswith("-nobias"):
-        net._new_constant(layer.key("b"), (F,), 0.0)
-    return (F, H_out, W_out)
-
-
-def _build_bn(net, layer, args, shape):
-    net._new_constant(layer.key("gamma"), shape[:1], 1.0)
-    net._new_constant(layer.key("beta"), shape[:1], 0.0)
-    layer.opts["bn_param"] = {"mode": "train"}
-    net.bn_params.append(layer.opts["bn_param"])
-    return shape
-
-
-def _build_gn(net, layer, args, shape):
-    C = _image(shape)[0]
-    G = args["groups"]
-    if G < 1 or C % G:
-        raise ValueError(f"{G} groups do not divide {C} channels")
-    layer.opts["G"] = G
-    net._new_constant(layer.key("gamma"), (1, C, 1, 1), 1.0)
-    net._new_constant(layer.key("beta"), (1, C, 1, 1), 0.0)
-    return shape
-
-
-def _build_activation(net, layer, args, shape):
-    alpha = args.get("alpha", 0.01 if layer.kind == "lrelu" else 1.0)
-    if layer.kind == "lrelu" and not 0 <= alpha < 1:
-        raise ValueError(f"leaky relu slope must be in [0, 1), got {alpha}")
-    if layer.kind == "elu" and alpha <= 0:
-        raise ValueError(f"elu alpha must be positive, got {alpha}")
-    layer.opts["alpha"] = alpha
-    return shape
-
-
-def _build_pool(net, layer, args, shape):
-    C, H, W = _image(shape)
-    size = args.get("size", 2)
-    stride = args.get("stride", size)
-    H_out, W_out = pool_output_size(H, W, size, size, stride)
-    layer.opts["pool_param"] = {"pool_height": size, "pool_width": size, "stride": stride}
-    return (C, H_out, W_out)
-
-
-def _build_gap(net, layer, args, shape):
-    return _image(shape)[:1]
-
-
-def _build_dropout(net, layer, args, shape):
-    keep = args["keep"]
-    if not 0 < keep <= 1:
-        raise ValueError(f"dropout keep probability must be in (0, 1], got {keep}")
-    layer.opts["dropout_param"] = net._new_dropout_param(keep)
-    return shape
-
-
-def _build_fc(net, layer, args, shape):
-    D, M = int(np.prod(shape)), args["units"]
-    _positive(units=M)
-    net._new_weight(layer.key("W"), (D, M), fan_in=D)
-    net._new_constant(layer.key("b"), (M,), 0.0)
-    return (M,)
-
-
-def _build_res(net, layer, args, shape):
-    C = _image(shape)[0]
-    F, stride = args["filters"], args.get("stride", 1)
-    body = [
-        ("conv1", f"conv3-{F}-s{stride}-nobias"),
-        ("bn1", "bn"),
-        ("relu", "relu"),
-        ("conv2", f"conv3-{F}-nobias"),
-        ("bn2", "bn"),
-    ]
-    layer.body, out_shape = net._build(body, shape, prefix=layer.name + ".")
-    if (F, stride) != (C, 1):
-        projection = [("shortcut", f"conv1-{F}-s{stride}-p0-nobias"), ("shortcut_bn", "bn")]
-        layer.shortcut, _ = net._build(projection, shape, prefix=layer.name + ".")
-    return out_shape
-
-
-# Forwards: (layer, x, params) -> (out, cache). Backwards: (layer, dout, cache, grads) -> dx,
-# storing the layer's parameter gradients in grads under the parameters' names.
-
-
-def _conv_forward(layer, x, p):
-    W, b = p[layer.key("W")], p.get(layer.key("b"))  # b is None for -nobias
-    return conv_forward_fast(x, W, b, layer.opts["conv_param"])
-
-
-def _conv_backward(layer, dout, cache, grads):
-    need_dx = layer.opts.get("need_dx", True)
-    dx, grads[layer.key("W")], db = conv_backward_fast(dout, cache, need_dx=need_dx)
-    if db is not None:
-        grads[layer.key("b")] = db
-    return dx
-
-
-def _bn_forward(layer, x, p):
-    bn = spatial_batchnorm_forward if x.ndim == 4 else batchnorm_forward
-    return bn(x, p[layer.key("gamma")], p[layer.key("beta")], layer.opts["bn_param"])
-
-
-def _bn_backward(layer, dout, cache, grads):
-    bn = spatial_batchnorm_backward if dout.ndim == 4 else batchnorm_backward_alt
-    dx, grads[layer.key("gamma")], grads[layer.key("beta")] = bn(dout, cache)
-    return dx
-
-
-def _gn_forward(layer, x, p):
-    gamma, beta = p[layer.key("gamma")], p[layer.key("beta")]
-    return spatial_groupnorm_forward(x, gamma, beta, layer.opts["G"], {})
-
-
-def _gn_backward(layer, dout, cache, grads):
-    dx, grads[layer.key("gamma")], grads[layer.key("beta")] = spatial_groupnorm_backward(
-        dout, cache
-    )
-    return dx
-
-
-def _fc_forward(layer, x, p):
-    return affine_forward(x, p[layer.key("W")], p[layer.key("b")])
-
-
-def _fc_backward(layer, dout, cache, grads):
-    dx, grads[layer.key("W")], grads[layer.key("b")] = affine_backward(dout, cache)
-    return dx
-
-
-def _res_forward(layer, x, p):
-    residual, body_caches = run_forward(layer.body, x, p)
-    shortcut, shortcut_caches = run_forward(layer.shortcut, x, p)  # x itself if identity
-    out, relu_cache = relu_forward(residual + shortcut)
-    return out, (body_caches, shortcut_caches, relu_cache)
-
-
-def _res_backward(layer, dout, cache, grads):
-    body_caches, shortcut_caches, relu_cache = cache
-    dsum = relu_backward(dout, relu_cache)
-    # x feeds both branches, so its gradient is the sum of theirs.
-    dx_body = run_backward(layer.body, dsum, body_caches, grads)
-    return dx_body + run_backward(layer.shortcut, dsum, shortcut_caches, grads)
-
-
-BUILD = {
-    "conv": _build_conv,
-    "bn": _build_bn,
-    "gn": _build_gn,
-    "relu": _build_activation,
-    "lrelu": _build_activation,
-    "elu": _build_activation,
-    "maxpool": _build_pool,
-    "avgpool": _build_pool,
-    "gap": _build_gap,
-    "dropout": _build_dropout,
-    "fc": _build_fc,
-    "res": _build_res,
-}
-
-FORWARD = {
-    "conv": _conv_forward,
-    "bn": _bn_forward,
-    "gn": _gn_forward,
-    "relu": lambda layer, x, p: relu_forward(x),
-    "lrelu": lambda layer, x, p: leaky_relu_forward(x, layer.opts["alpha"]),
-    "elu": lambda layer, x, p: elu_forward(x, layer.opts["alpha"]),
-    "maxpool": lambda layer, x, p: max_pool_forward_fast(x, layer.opts["pool_param"]),
-    "avgpool": lambda layer, x, p: avg_pool_forward_fast(x, layer.opts["pool_param"]),
-    "gap": lambda layer, x, p: global_avg_pool_forward_fast(x),
-    "dropout": lambda layer, x, p: dropout_forward(x, layer.opts["dropout_param"]),
-    "fc": _fc_forward,
-    "res": _res_forward,
-}
-
-BACKWARD = {
-    "conv": _conv_backward,
-    "bn": _bn_backward,
-    "gn": _gn_backward,
-    "relu": lambda layer, dout, cache, grads: relu_backward(dout, cache),
-    "lrelu": lambda layer, dout, cache, grads: leaky_relu_backward(dout, cache),
-    "elu": lambda layer, dout, cache, grads: elu_backward(dout, cache),
-    "maxpool": lambda layer, dout, cache, grads: max_pool_backward_fast(dout, cache),
-    "avgpool": lambda layer, dout, cache, grads: avg_pool_backward_fast(dout, cache),
-    "gap": lambda layer, dout, cache, grads: global_avg_pool_backward_fast(dout, cache),
-    "dropout": lambda layer, dout, cache, grads: dropout_backward(dout, cache),
-    "fc": _fc_backward,
-    "res": _res_backward,
-}
-
-
-def run_forward(layers, x, params):
-    """Run x through layers in order. Returns the output and one cache per layer."""
-    caches = []
-    for layer in layers:
-        x, cache = FORWARD[layer.kind](layer, x, params)
-        caches.append(cache)
-    return x, caches
-
-
-def run_backward(layers, dout, caches, grads):
-    """Backpropagate dout through layers in reverse, filling grads. Returns dx."""
-    for layer, cache in zip(reversed(layers), reversed(caches), strict=True):
-        dout = BACKWARD[layer.kind](layer, dout, cache, grads)
-    return dout
-
-
-def _shape_text(shape):
-    return " x ".join(map(str, shape))
-
-
-# ----------------------------------------------------------------------------- the model
+__all__ = ["KINDS", "ConvNet", "Layer", "LayerTimes", "expand_spec", "parse_layer"]
 
 
 class ConvNet(Classifier):
@@ -483,17 +136,16 @@ class ConvNet(Classifier):
         self.reg = reg
         self.dtype = np.dtype(dtype)
         self.weight_scale = weight_scale
-        self.params = {}
-        self.bn_params = []
-        self.dropout_params = []
-        self._rng = np.random.default_rng(seed)
-        self._seed = seed
-
+        builder = Builder(dtype, weight_scale, seed)
         tokens = expand_spec(spec)
         if parse_layer(tokens[-1])[0] != "fc":
             tokens.append(f"fc{num_classes}")
         named = [(f"{parse_layer(t)[0]}{i}", t) for i, t in enumerate(tokens, start=1)]
-        self.layers, out_shape = self._build(named, input_dim)
+        self.layers, out_shape = builder.build(named, input_dim)
+        self.params = builder.params
+        self.bn_params = builder.bn_params
+        self.dropout_params = builder.dropout_params
+        self.layer_times = None  # a LayerTimes to profile the layer kinds
         if self.layers[0].kind == "conv":
             # Nothing uses the gradient with respect to the images: skip its GEMM and col2im.
             self.layers[0].opts["need_dx"] = False
@@ -504,63 +156,31 @@ class ConvNet(Classifier):
                 f"and it is appended)"
             )
 
-    def _build(self, named_tokens, shape, prefix=""):
-        """Layers from (name, token) pairs, starting from input shape. Returns the layers
-        and the output shape; ValueError naming the layer if one does not fit."""
-        layers = []
-        for name, token in named_tokens:
-            kind, args = parse_layer(token)
-            layer = Layer(kind, prefix + name, token)
-            try:
-                shape = BUILD[kind](self, layer, args, shape)
-            except ValueError as err:
-                raise ValueError(
-                    f"layer {layer.name} ({token!r}) on input {_shape_text(shape)}: {err}"
-                ) from None
-            layer.out_shape = tuple(int(d) for d in shape)
-            layers.append(layer)
-        return layers, shape
-
-    def _new_weight(self, name, shape, fan_in):
-        std = init_std(self.weight_scale, fan_in)
-        self.params[name] = (std * self._rng.standard_normal(shape)).astype(self.dtype)
-
-    def _new_constant(self, name, shape, value):
-        self.params[name] = np.full(shape, value, dtype=self.dtype)
-
-    def _new_dropout_param(self, keep):
-        param = {"mode": "train", "p": keep}
-        if self._seed is not None:
-            # Each dropout layer draws its own fixed seed so the layers' masks differ.
-            param["seed"] = int(self._rng.integers(2**31))
-        self.dropout_params.append(param)
-        return param
-
     def loss(self, X, y=None):
         """X: (N, C, H, W). Returns scores (N, num_classes) when y is None, else (loss, grads)
         with grads keyed like params."""
         X = self._check_batch(X, y)
         self._set_mode(y)
 
-        scores, caches = run_forward(self.layers, X, self.params)
+        scores, caches = run_forward(self.layers, X, self.params, self.layer_times)
         if y is None:
             return scores
 
         loss, dscores = softmax_loss(scores, y)
         grads = {}
-        run_backward(self.layers, dscores, caches, grads)
+        run_backward(self.layers, dscores, caches, grads, self.layer_times)
         loss += self._l2([name for name in self.params if name.endswith(".W")], grads)
         return loss, grads
 
     def summary(self):
         """A table of the layers: name, spec token, output shape of one example, number of
         parameters (a res block counts all of its own), and the total."""
-        rows = [("input", "", _shape_text(self.input_shape), "0")]
+        rows = [("input", "", shape_text(self.input_shape), "0")]
         for layer in self.layers:
             count = sum(
                 p.size for name, p in self.params.items() if name.startswith(layer.name + ".")
             )
-            rows.append((layer.name, layer.token, _shape_text(layer.out_shape), f"{count:,}"))
+            rows.append((layer.name, layer.token, shape_text(layer.out_shape), f"{count:,}"))
         total = sum(p.size for p in self.params.values())
         rows.append(("total", "", "", f"{total:,}"))
         header = ("layer", "spec", "output shape", "params")

@@ -1,0 +1,367 @@
+# cython: boundscheck=False, wraparound=False, cdivision=True, initializedcheck=False
+"""The compiled loops behind convlab.fast_layers: typed memoryviews, nogil, OpenMP prange.
+
+Only loops NumPy cannot express live here; validation, chunking and scratch buffers are
+Python in convlab/fast_layers.py, and the thread policy is decided in convlab/_threads.py
+(which sets how many threads the parallel loops use through set_num_threads).
+
+Column layouts (rows (c * fh + i) * fw + j in both):
+
+* the **cs231n layout** of im2col_cs231n / col2im_cs231n: column ``(h' * W' + w') * N + n``;
+* the **sample-major layout** of every fast path: column ``(n * H' + h') * W' + w'``. Each
+  (row, sample) pair is one contiguous run of ``H' W'`` values, so im2col and col2im are
+  strided row copies and the GEMM output ``(F, N H' W')`` needs only an (n, f) block
+  transpose to become ``(N, F, H', W')``.
+"""
+
+from cython cimport floating
+from cython.parallel cimport prange
+from libc.string cimport memcpy, memset
+
+cdef extern from *:
+    """
+    #ifdef _OPENMP
+    #define CONVLAB_OPENMP 1
+    #else
+    #define CONVLAB_OPENMP 0
+    #endif
+    """
+    int CONVLAB_OPENMP
+
+# Threads of every parallel loop below; 1 until convlab._threads decides.
+cdef int _num_threads = 1
+
+
+def openmp_enabled():
+    """True when this module was compiled with OpenMP (else prange runs serially)."""
+    return bool(CONVLAB_OPENMP)
+
+
+def set_num_threads(int threads):
+    """Set how many OpenMP threads the parallel loops use (ignored without OpenMP)."""
+    global _num_threads
+    _num_threads = max(1, threads)
+
+
+def get_num_threads():
+    return _num_threads
+
+
+# ============================================================================ C helpers
+
+
+cdef inline Py_ssize_t _first_valid(Py_ssize_t offset, Py_ssize_t stride) noexcept nogil:
+    """Smallest output index o >= 0 with o * stride - offset >= 0."""
+    if offset <= 0:
+        return 0
+    return (offset + stride - 1) // stride
+
+
+cdef inline Py_ssize_t _end_valid(Py_ssize_t offset, Py_ssize_t size, Py_ssize_t stride,
+                                  Py_ssize_t n_out) noexcept nogil:
+    """One past the largest output index o < n_out with o * stride - offset < size."""
+    cdef Py_ssize_t last = size - 1 + offset
+    if last < 0:
+        return 0
+    return min(last // stride + 1, n_out)
+
+
+cdef inline void _gather_plane(const floating* plane, floating* dst, Py_ssize_t H,
+                               Py_ssize_t W, Py_ssize_t Ho, Py_ssize_t Wo, Py_ssize_t i,
+                               Py_ssize_t j, Py_ssize_t pad, Py_ssize_t stride) noexcept nogil:
+    """dst[h', w'] = plane[h' s + i - pad, w' s + j - pad], zero where that is padding."""
+    cdef Py_ssize_t y_lo = min(_first_valid(pad - i, stride), Ho)
+    cdef Py_ssize_t y_hi = max(_end_valid(pad - i, H, stride, Ho), y_lo)
+    cdef Py_ssize_t x_lo = min(_first_valid(pad - j, stride), Wo)
+    cdef Py_ssize_t x_hi = max(_end_valid(pad - j, W, stride, Wo), x_lo)
+    cdef Py_ssize_t yo, xo, src_row
+    cdef floating* out_row
+    if y_lo > 0:
+        memset(dst, 0, y_lo * Wo * sizeof(floating))
+    for yo in range(y_lo, y_hi):
+        out_row = dst + yo * Wo
+        src_row = (yo * stride + i - pad) * W + j - pad
+        if x_lo > 0:
+            memset(out_row, 0, x_lo * sizeof(floating))
+        if stride == 1:
+            memcpy(out_row + x_lo, plane + src_row + x_lo, (x_hi - x_lo) * sizeof(floating))
+        else:
+            for xo in range(x_lo, x_hi):
+                out_row[xo] = plane[src_row + xo * stride]
+        if x_hi < Wo:
+            memset(out_row + x_hi, 0, (Wo - x_hi) * sizeof(floating))
+    if y_hi < Ho:
+        memset(dst + y_hi * Wo, 0, (Ho - y_hi) * Wo * sizeof(floating))
+
+
+cdef inline void _scatter_add_plane(const floating* src, floating* plane, Py_ssize_t H,
+                                    Py_ssize_t W, Py_ssize_t Ho, Py_ssize_t Wo, Py_ssize_t i,
+                                    Py_ssize_t j, Py_ssize_t pad,
+                                    Py_ssize_t stride) noexcept nogil:
+    """Adjoint of _gather_plane: plane[h' s + i - pad, w' s + j - pad] += src[h', w']."""
+    cdef Py_ssize_t y_lo = min(_first_valid(pad - i, stride), Ho)
+    cdef Py_ssize_t y_hi = max(_end_valid(pad - i, H, stride, Ho), y_lo)
+    cdef Py_ssize_t x_lo = min(_first_valid(pad - j, stride), Wo)
+    cdef Py_ssize_t x_hi = max(_end_valid(pad - j, W, stride, Wo), x_lo)
+    cdef Py_ssize_t yo, xo, dst_row
+    cdef const floating* src_row
+    for yo in range(y_lo, y_hi):
+        src_row = src + yo * Wo
+        dst_row = (yo * stride + i - pad) * W + j - pad
+        if stride == 1:
+            for xo in range(x_lo, x_hi):
+                plane[dst_row + xo] += src_row[xo]
+        else:
+            for xo in range(x_lo, x_hi):
+                plane[dst_row + xo * stride] += src_row[xo]
+
+
+cdef inline double _sum(const floating* values, Py_ssize_t size) noexcept nogil:
+    """Sum in double over eight independent accumulators.
+
+    A single running sum waits on the previous add every element; eight chains keep the
+    adder pipelined (the compiler may not reorder float adds itself), and double keeps long
+    float32 sums accurate.
+    """
+    cdef double s0 = 0, s1 = 0, s2 = 0, s3 = 0, s4 = 0, s5 = 0, s6 = 0, s7 = 0
+    cdef Py_ssize_t k = 0
+    while k + 8 <= size:
+        s0 += values[k]
+        s1 += values[k + 1]
+        s2 += values[k + 2]
+        s3 += values[k + 3]
+        s4 += values[k + 4]
+        s5 += values[k + 5]
+        s6 += values[k + 6]
+        s7 += values[k + 7]
+        k += 8
+    while k < size:
+        s0 += values[k]
+        k += 1
+    return ((s0 + s1) + (s2 + s3)) + ((s4 + s5) + (s6 + s7))
+
+
+# ============================================================= sample-major column kernels
+
+
+def im2col_samples(const floating[:, :, :, ::1] x, floating[:, ::1] cols, Py_ssize_t n0,
+                    int fh, int fw, int pad, int stride, Py_ssize_t Ho, Py_ssize_t Wo):
+    """Columns of samples n0 .. n0 + nc of x into cols (C fh fw, nc H' W'), sample-major."""
+    cdef Py_ssize_t C = x.shape[1], H = x.shape[2], W = x.shape[3]
+    cdef Py_ssize_t P = Ho * Wo
+    cdef Py_ssize_t nc = cols.shape[1] // P
+    cdef Py_ssize_t task, row, n, c, i, j
+    with nogil:
+        # One task per (row, sample): a contiguous run of P outputs, enough tasks to balance.
+        for task in prange(C * fh * fw * nc, schedule="static", num_threads=_num_threads):
+            row = task // nc
+            n = task % nc
+            c = row // (fh * fw)
+            i = (row // fw) % fh
+            j = row % fw
+            _gather_plane(&x[n0 + n, c, 0, 0], &cols[row, n * P], H, W, Ho, Wo, i, j, pad,
+                          stride)
+
+
+def col2im_samples(const floating[:, ::1] cols, floating[:, :, :, ::1] dx, Py_ssize_t n0,
+                    int fh, int fw, int pad, int stride, Py_ssize_t Ho, Py_ssize_t Wo):
+    """dx[n0 .. n0 + nc] = adjoint of im2col_samples applied to cols (overwrites dx)."""
+    cdef Py_ssize_t C = dx.shape[1], H = dx.shape[2], W = dx.shape[3]
+    cdef Py_ssize_t P = Ho * Wo
+    cdef Py_ssize_t nc = cols.shape[1] // P
+    cdef Py_ssize_t task, n, c, i, j
+    cdef floating* plane
+    with nogil:
+        # Each task owns one (sample, channel) plane, so the accumulation needs no atomics.
+        for task in prange(nc * C, schedule="static", num_threads=_num_threads):
+            n = task // C
+            c = task % C
+            plane = &dx[n0 + n, c, 0, 0]
+            memset(plane, 0, H * W * sizeof(floating))
+            for i in range(fh):
+                for j in range(fw):
+                    _scatter_add_plane(&cols[(c * fh + i) * fw + j, n * P], plane, H, W, Ho,
+                                       Wo, i, j, pad, stride)
+
+
+def rows_to_samples(const floating[:, ::1] rows, const floating[::1] bias,
+                     floating[:, :, ::1] out):
+    """out[n, f, p] = rows[f, n P + p] + bias[f]; rows (F, nc P) -> out (nc, F, P)."""
+    cdef Py_ssize_t nc = out.shape[0], F = out.shape[1], P = out.shape[2]
+    cdef Py_ssize_t task, n, f, p
+    cdef floating shift
+    cdef const floating* src
+    cdef floating* dst
+    with nogil:
+        for task in prange(nc * F, schedule="static", num_threads=_num_threads):
+            n = task // F
+            f = task % F
+            shift = bias[f]
+            src = &rows[f, n * P]
+            dst = &out[n, f, 0]
+            for p in range(P):
+                dst[p] = src[p] + shift
+
+
+def samples_to_rows(const floating[:, :, ::1] dout, floating[:, ::1] rows,
+                     double[::1] bias_grad):
+    """rows[f, n P + p] = dout[n, f, p] and bias_grad[f] += sum of dout[:, f, :]."""
+    cdef Py_ssize_t nc = dout.shape[0], F = dout.shape[1], P = dout.shape[2]
+    cdef Py_ssize_t n, f
+    cdef double total
+    with nogil:
+        for f in prange(F, schedule="static", num_threads=_num_threads):
+            total = 0
+            for n in range(nc):
+                memcpy(&rows[f, n * P], &dout[n, f, 0], P * sizeof(floating))
+                total = total + _sum(&dout[n, f, 0], P)
+            bias_grad[f] += total
+
+
+# ====================================================================== cs231n kernels
+
+
+def im2col_cs231n(const floating[:, :, :, ::1] x, floating[:, ::1] cols, int fh, int fw,
+                   int pad, int stride, Py_ssize_t Ho, Py_ssize_t Wo):
+    """cols (C fh fw, H' W' N) in the cs231n layout; parallel over rows."""
+    cdef Py_ssize_t N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
+    cdef Py_ssize_t row, c, i, j, yo, xo, h, w, n, col
+    with nogil:
+        for row in prange(C * fh * fw, schedule="static", num_threads=_num_threads):
+            c = row // (fh * fw)
+            i = (row // fw) % fh
+            j = row % fw
+            for yo in range(Ho):
+                h = yo * stride + i - pad
+                for xo in range(Wo):
+                    w = xo * stride + j - pad
+                    col = (yo * Wo + xo) * N
+                    if 0 <= h < H and 0 <= w < W:
+                        for n in range(N):
+                            cols[row, col + n] = x[n, c, h, w]
+                    else:
+                        for n in range(N):
+                            cols[row, col + n] = 0
+
+
+def col2im_cs231n(const floating[:, ::1] cols, floating[:, :, :, ::1] dx, int fh, int fw,
+                   int pad, int stride, Py_ssize_t Ho, Py_ssize_t Wo):
+    """dx (zeroed by the caller) += the cs231n-layout cols scattered back to the image."""
+    cdef Py_ssize_t N = dx.shape[0], C = dx.shape[1], H = dx.shape[2], W = dx.shape[3]
+    cdef Py_ssize_t row, c, i, j, yo, xo, h, w, n, col
+    with nogil:
+        # Parallel over channels: each thread owns dx[:, c], so += is race-free.
+        for c in prange(C, schedule="static", num_threads=_num_threads):
+            for i in range(fh):
+                for j in range(fw):
+                    row = (c * fh + i) * fw + j
+                    for yo in range(Ho):
+                        h = yo * stride + i - pad
+                        if h < 0 or h >= H:
+                            continue
+                        for xo in range(Wo):
+                            w = xo * stride + j - pad
+                            if w < 0 or w >= W:
+                                continue
+                            col = (yo * Wo + xo) * N
+                            for n in range(N):
+                                dx[n, c, h, w] += cols[row, col + n]
+
+
+# ====================================================================== pooling kernels
+
+
+def max_pool_planes(const floating[:, :, ::1] x, floating[:, :, ::1] out,
+                     int[:, :, ::1] argmax, int ph, int pw, int stride):
+    """out = window maxima of each (H, W) plane; argmax = flat index h W + w of the first max."""
+    cdef Py_ssize_t planes = x.shape[0], W = x.shape[2]
+    cdef Py_ssize_t Ho = out.shape[1], Wo = out.shape[2]
+    cdef Py_ssize_t t, yo, xo, i, j, h0, w0, best_at
+    cdef floating best, v
+    with nogil:
+        for t in prange(planes, schedule="static", num_threads=_num_threads):
+            for yo in range(Ho):
+                h0 = yo * stride
+                for xo in range(Wo):
+                    w0 = xo * stride
+                    best = x[t, h0, w0]
+                    best_at = h0 * W + w0
+                    for i in range(ph):
+                        for j in range(pw):
+                            v = x[t, h0 + i, w0 + j]
+                            # Strict '>' keeps the first maximum, like np.argmax in the naive layer.
+                            if v > best:
+                                best = v
+                                best_at = (h0 + i) * W + w0 + j
+                    out[t, yo, xo] = best
+                    argmax[t, yo, xo] = <int>best_at
+
+
+def max_unpool_planes(const floating[:, ::1] dout, const int[:, ::1] argmax,
+                       floating[:, ::1] dx):
+    """dx (planes, H W) = 0, then dx[t, argmax[t, k]] += dout[t, k] (overlaps accumulate)."""
+    cdef Py_ssize_t planes = dx.shape[0], HW = dx.shape[1], K = dout.shape[1]
+    cdef Py_ssize_t t, k
+    with nogil:
+        for t in prange(planes, schedule="static", num_threads=_num_threads):
+            memset(&dx[t, 0], 0, HW * sizeof(floating))
+            for k in range(K):
+                dx[t, argmax[t, k]] += dout[t, k]
+
+
+def avg_pool_planes(const floating[:, :, ::1] x, floating[:, :, ::1] out, int ph, int pw,
+                     int stride):
+    """out = window means of each (H, W) plane, summed in double."""
+    cdef Py_ssize_t planes = x.shape[0], Ho = out.shape[1], Wo = out.shape[2]
+    cdef Py_ssize_t t, yo, xo, i, j
+    cdef double total
+    cdef double scale = 1.0 / (ph * pw)
+    with nogil:
+        for t in prange(planes, schedule="static", num_threads=_num_threads):
+            for yo in range(Ho):
+                for xo in range(Wo):
+                    total = 0
+                    for i in range(ph):
+                        for j in range(pw):
+                            total = total + x[t, yo * stride + i, xo * stride + j]
+                    out[t, yo, xo] = <floating>(total * scale)
+
+
+def avg_unpool_planes(const floating[:, :, ::1] dout, floating[:, :, ::1] dx, int ph, int pw,
+                       int stride):
+    """dx = 0, then each dout entry spread evenly over its window (overlaps accumulate)."""
+    cdef Py_ssize_t planes = dx.shape[0], H = dx.shape[1], W = dx.shape[2]
+    cdef Py_ssize_t Ho = dout.shape[1], Wo = dout.shape[2]
+    cdef Py_ssize_t t, yo, xo, i, j
+    cdef floating share
+    cdef floating scale = <floating>(1.0 / (ph * pw))
+    with nogil:
+        for t in prange(planes, schedule="static", num_threads=_num_threads):
+            memset(&dx[t, 0, 0], 0, H * W * sizeof(floating))
+            for yo in range(Ho):
+                for xo in range(Wo):
+                    share = dout[t, yo, xo] * scale
+                    for i in range(ph):
+                        for j in range(pw):
+                            dx[t, yo * stride + i, xo * stride + j] += share
+
+
+def plane_means(const floating[:, ::1] x, floating[::1] out):
+    """out[t] = mean of x[t, :], summed in double."""
+    cdef Py_ssize_t planes = x.shape[0], HW = x.shape[1]
+    cdef Py_ssize_t t
+    with nogil:
+        for t in prange(planes, schedule="static", num_threads=_num_threads):
+            out[t] = <floating>(_sum(&x[t, 0], HW) / HW)
+
+
+def spread_means(const floating[::1] dout, floating[:, ::1] dx):
+    """dx[t, :] = dout[t] / (H W), the adjoint of plane_means."""
+    cdef Py_ssize_t planes = dx.shape[0], HW = dx.shape[1]
+    cdef Py_ssize_t t, k
+    cdef floating share
+    with nogil:
+        for t in prange(planes, schedule="static", num_threads=_num_threads):
+            share = <floating>(dout[t] / <double>HW)
+            for k in range(HW):
+                dx[t, k] = share

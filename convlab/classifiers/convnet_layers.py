@@ -1,0 +1,443 @@
+"""The layers of a ConvNet: the architecture grammar and one LayerKind record per kind.
+
+A LayerKind holds everything about one kind of layer: the pattern of its token in a spec,
+the form shown in error messages, and three functions:
+
+- ``build(builder, layer, args, shape) -> out_shape``: checks the geometry, creates the
+  layer's parameters through the Builder and fills ``layer.opts``;
+- ``forward(layer, x, params) -> (out, cache)``;
+- ``backward(layer, dout, cache, grads) -> dx``, storing its parameter gradients in grads.
+
+``KINDS`` maps each kind's name to its record; adding a layer kind is adding one record.
+"""
+
+import re
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from convlab._checks import conv_output_size, pool_output_size
+from convlab.classifiers.base import init_std
+from convlab.fast_layers import (
+    avg_pool_backward_fast,
+    avg_pool_forward_fast,
+    conv_backward_fast,
+    conv_forward_fast,
+    global_avg_pool_backward_fast,
+    global_avg_pool_forward_fast,
+    max_pool_backward_fast,
+    max_pool_forward_fast,
+)
+from convlab.layers import (
+    affine_backward,
+    affine_forward,
+    batchnorm_backward_alt,
+    batchnorm_forward,
+    dropout_backward,
+    dropout_forward,
+    elu_backward,
+    elu_forward,
+    leaky_relu_backward,
+    leaky_relu_forward,
+    relu_backward,
+    relu_forward,
+    spatial_batchnorm_backward,
+    spatial_batchnorm_forward,
+    spatial_groupnorm_backward,
+    spatial_groupnorm_forward,
+)
+
+_NUMBER = r"\d*\.?\d+"
+
+
+@dataclass
+class Layer:
+    """One layer: what its forward and backward need, and its row in the summary."""
+
+    kind: str  # key of KINDS
+    name: str  # prefix of its parameter names, e.g. "conv1" or "res4.conv1"
+    token: str  # its text in the spec
+    out_shape: tuple = ()  # output shape of one example: (C, H, W) or (D,)
+    opts: dict = field(default_factory=dict)  # conv_param, pool_param, bn_param, ...
+    body: list = field(default_factory=list)  # res blocks: the residual branch
+    shortcut: list = field(default_factory=list)  # res blocks: projection; [] is identity
+
+    def key(self, param):
+        return f"{self.name}.{param}"
+
+
+@dataclass(frozen=True)
+class LayerKind:
+    pattern: str  # regular expression of a whole token; named groups are the arguments
+    form: str  # the token's form for error messages
+    build: object
+    forward: object
+    backward: object
+
+
+class Builder:
+    """Creates a network's parameters and layer state while its layers are built: weights
+    from ``rng`` (N(0, weight_scale^2), or He's sqrt(2 / fan_in) when weight_scale is None),
+    and the bn_param / dropout_param dicts the model's mode switch reaches."""
+
+    def __init__(self, dtype, weight_scale, seed):
+        self.dtype = np.dtype(dtype)
+        self.weight_scale = weight_scale
+        self.seed = seed
+        self.rng = np.random.default_rng(seed)
+        self.params = {}
+        self.bn_params = []
+        self.dropout_params = []
+
+    def weight(self, name, shape, fan_in):
+        std = init_std(self.weight_scale, fan_in)
+        self.params[name] = (std * self.rng.standard_normal(shape)).astype(self.dtype)
+
+    def constant(self, name, shape, value):
+        self.params[name] = np.full(shape, value, dtype=self.dtype)
+
+    def bn_param(self):
+        param = {"mode": "train"}
+        self.bn_params.append(param)
+        return param
+
+    def dropout_param(self, keep):
+        param = {"mode": "train", "p": keep}
+        if self.seed is not None:
+            # Each dropout layer draws its own fixed seed so the layers' masks differ.
+            param["seed"] = int(self.rng.integers(2**31))
+        self.dropout_params.append(param)
+        return param
+
+    def build(self, named_tokens, shape, prefix=""):
+        """Layers from (name, token) pairs, starting from input shape. Returns the layers
+        and the output shape; ValueError naming the layer if one does not fit."""
+        layers = []
+        for name, token in named_tokens:
+            kind, args = parse_layer(token)
+            layer = Layer(kind, prefix + name, token)
+            try:
+                shape = KINDS[kind].build(self, layer, args, shape)
+            except ValueError as err:
+                raise ValueError(
+                    f"layer {layer.name} ({token!r}) on input {shape_text(shape)}: {err}"
+                ) from None
+            layer.out_shape = tuple(int(d) for d in shape)
+            layers.append(layer)
+        return layers, shape
+
+
+def shape_text(shape):
+    return " x ".join(map(str, shape))
+
+
+def _image(shape):
+    if len(shape) != 3:
+        raise ValueError(f"needs an image input (C, H, W), got a vector of shape {shape}")
+    return shape
+
+
+def _positive(**values):
+    for name, value in values.items():
+        if value < 1 or not isinstance(value, int):
+            raise ValueError(f"{name} must be a positive integer, got {value}")
+
+
+# ----------------------------------------------------------------------------- conv
+
+
+def _build_conv(builder, layer, args, shape):
+    C, H, W = _image(shape)
+    K, F = args["size"], args["filters"]
+    stride, pad = args.get("stride", 1), args.get("pad", (K - 1) // 2)
+    _positive(filter_size=K, filters=F)
+    H_out, W_out = conv_output_size(H, W, K, K, stride, pad)
+    layer.opts["conv_param"] = {"stride": stride, "pad": pad}
+    builder.weight(layer.key("W"), (F, C, K, K), fan_in=C * K * K)
+    if not layer.token.endswith("-nobias"):
+        builder.constant(layer.key("b"), (F,), 0.0)
+    return (F, H_out, W_out)
+
+
+def _conv_forward(layer, x, p):
+    W, b = p[layer.key("W")], p.get(layer.key("b"))  # b is None for -nobias
+    return conv_forward_fast(x, W, b, layer.opts["conv_param"])
+
+
+def _conv_backward(layer, dout, cache, grads):
+    need_dx = layer.opts.get("need_dx", True)
+    dx, grads[layer.key("W")], db = conv_backward_fast(dout, cache, need_dx=need_dx)
+    if db is not None:
+        grads[layer.key("b")] = db
+    return dx
+
+
+# ----------------------------------------------------------------------------- normalization
+
+
+def _build_bn(builder, layer, args, shape):
+    builder.constant(layer.key("gamma"), shape[:1], 1.0)
+    builder.constant(layer.key("beta"), shape[:1], 0.0)
+    layer.opts["bn_param"] = builder.bn_param()
+    return shape
+
+
+def _bn_forward(layer, x, p):
+    bn = spatial_batchnorm_forward if x.ndim == 4 else batchnorm_forward
+    return bn(x, p[layer.key("gamma")], p[layer.key("beta")], layer.opts["bn_param"])
+
+
+def _bn_backward(layer, dout, cache, grads):
+    bn = spatial_batchnorm_backward if dout.ndim == 4 else batchnorm_backward_alt
+    dx, grads[layer.key("gamma")], grads[layer.key("beta")] = bn(dout, cache)
+    return dx
+
+
+def _build_gn(builder, layer, args, shape):
+    C = _image(shape)[0]
+    G = args["groups"]
+    if G < 1 or C % G:
+        raise ValueError(f"{G} groups do not divide {C} channels")
+    layer.opts["G"] = G
+    builder.constant(layer.key("gamma"), (1, C, 1, 1), 1.0)
+    builder.constant(layer.key("beta"), (1, C, 1, 1), 0.0)
+    return shape
+
+
+def _gn_forward(layer, x, p):
+    gamma, beta = p[layer.key("gamma")], p[layer.key("beta")]
+    return spatial_groupnorm_forward(x, gamma, beta, layer.opts["G"], {})
+
+
+def _gn_backward(layer, dout, cache, grads):
+    dx, grads[layer.key("gamma")], grads[layer.key("beta")] = spatial_groupnorm_backward(
+        dout, cache
+    )
+    return dx
+
+
+# ----------------------------------------------------------------------------- activations
+
+
+def _build_activation(builder, layer, args, shape):
+    alpha = args.get("alpha", 0.01 if layer.kind == "lrelu" else 1.0)
+    if layer.kind == "lrelu" and not 0 <= alpha < 1:
+        raise ValueError(f"leaky relu slope must be in [0, 1), got {alpha}")
+    if layer.kind == "elu" and alpha <= 0:
+        raise ValueError(f"elu alpha must be positive, got {alpha}")
+    layer.opts["alpha"] = alpha
+    return shape
+
+
+# ----------------------------------------------------------------------------- pooling
+
+
+def _build_pool(builder, layer, args, shape):
+    C, H, W = _image(shape)
+    size = args.get("size", 2)
+    stride = args.get("stride", size)
+    H_out, W_out = pool_output_size(H, W, size, size, stride)
+    layer.opts["pool_param"] = {"pool_height": size, "pool_width": size, "stride": stride}
+    return (C, H_out, W_out)
+
+
+def _build_gap(builder, layer, args, shape):
+    return _image(shape)[:1]
+
+
+# ----------------------------------------------------------------------------- dropout, fc
+
+
+def _build_dropout(builder, layer, args, shape):
+    keep = args["keep"]
+    if not 0 < keep <= 1:
+        raise ValueError(f"dropout keep probability must be in (0, 1], got {keep}")
+    layer.opts["dropout_param"] = builder.dropout_param(keep)
+    return shape
+
+
+def _build_fc(builder, layer, args, shape):
+    D, M = int(np.prod(shape)), args["units"]
+    _positive(units=M)
+    builder.weight(layer.key("W"), (D, M), fan_in=D)
+    builder.constant(layer.key("b"), (M,), 0.0)
+    return (M,)
+
+
+def _fc_forward(layer, x, p):
+    return affine_forward(x, p[layer.key("W")], p[layer.key("b")])
+
+
+def _fc_backward(layer, dout, cache, grads):
+    dx, grads[layer.key("W")], grads[layer.key("b")] = affine_backward(dout, cache)
+    return dx
+
+
+# ----------------------------------------------------------------------------- residual
+
+
+def _build_res(builder, layer, args, shape):
+    C = _image(shape)[0]
+    F, stride = args["filters"], args.get("stride", 1)
+    body = [
+        ("conv1", f"conv3-{F}-s{stride}-nobias"),
+        ("bn1", "bn"),
+        ("relu", "relu"),
+        ("conv2", f"conv3-{F}-nobias"),
+        ("bn2", "bn"),
+    ]
+    layer.body, out_shape = builder.build(body, shape, prefix=layer.name + ".")
+    if (F, stride) != (C, 1):
+        projection = [("shortcut", f"conv1-{F}-s{stride}-p0-nobias"), ("shortcut_bn", "bn")]
+        layer.shortcut, _ = builder.build(projection, shape, prefix=layer.name + ".")
+    return out_shape
+
+
+def _res_forward(layer, x, p):
+    residual, body_caches = run_forward(layer.body, x, p)
+    shortcut, shortcut_caches = run_forward(layer.shortcut, x, p)  # x itself if identity
+    out, relu_cache = relu_forward(residual + shortcut)
+    return out, (body_caches, shortcut_caches, relu_cache)
+
+
+def _res_backward(layer, dout, cache, grads):
+    body_caches, shortcut_caches, relu_cache = cache
+    dsum = relu_backward(dout, relu_cache)
+    # x feeds both branches, so its gradient is the sum of theirs.
+    dx_body = run_backward(layer.body, dsum, body_caches, grads)
+    return dx_body + run_backward(layer.shortcut, dsum, shortcut_caches, grads)
+
+
+# ----------------------------------------------------------------------------- the registry
+
+
+KINDS = {
+    "conv": LayerKind(
+        r"conv(?P<size>\d+)-(?P<filters>\d+)(?:-s(?P<stride>\d+))?(?:-p(?P<pad>\d+))?(?:-nobias)?",
+        "convK-F[-sS][-pP][-nobias]", _build_conv, _conv_forward, _conv_backward),
+    "bn": LayerKind(r"bn", "bn", _build_bn, _bn_forward, _bn_backward),
+    "gn": LayerKind(r"gn(?P<groups>\d+)", "gnG", _build_gn, _gn_forward, _gn_backward),
+    "relu": LayerKind(r"relu", "relu", _build_activation,
+                      lambda layer, x, p: relu_forward(x),
+                      lambda layer, dout, cache, grads: relu_backward(dout, cache)),
+    "lrelu": LayerKind(rf"lrelu(?P<alpha>{_NUMBER})?", "lrelu[A]", _build_activation,
+                       lambda layer, x, p: leaky_relu_forward(x, layer.opts["alpha"]),
+                       lambda layer, dout, cache, grads: leaky_relu_backward(dout, cache)),
+    "elu": LayerKind(rf"elu(?P<alpha>{_NUMBER})?", "elu[A]", _build_activation,
+                     lambda layer, x, p: elu_forward(x, layer.opts["alpha"]),
+                     lambda layer, dout, cache, grads: elu_backward(dout, cache)),
+    "maxpool": LayerKind(
+        r"pool|maxpool(?P<size>\d+)(?:-s(?P<stride>\d+))?", "pool | maxpoolK[-sS]", _build_pool,
+        lambda layer, x, p: max_pool_forward_fast(x, layer.opts["pool_param"]),
+        lambda layer, dout, cache, grads: max_pool_backward_fast(dout, cache)),
+    "avgpool": LayerKind(
+        r"avgpool(?P<size>\d+)(?:-s(?P<stride>\d+))?", "avgpoolK[-sS]", _build_pool,
+        lambda layer, x, p: avg_pool_forward_fast(x, layer.opts["pool_param"]),
+        lambda layer, dout, cache, grads: avg_pool_backward_fast(dout, cache)),
+    "gap": LayerKind(r"gap", "gap", _build_gap,
+                     lambda layer, x, p: global_avg_pool_forward_fast(x),
+                     lambda layer, dout, cache, grads: global_avg_pool_backward_fast(dout, cache)),
+    "dropout": LayerKind(rf"dropout(?P<keep>{_NUMBER})", "dropoutP", _build_dropout,
+                         lambda layer, x, p: dropout_forward(x, layer.opts["dropout_param"]),
+                         lambda layer, dout, cache, grads: dropout_backward(dout, cache)),
+    "fc": LayerKind(r"fc(?P<units>\d+)", "fcM", _build_fc, _fc_forward, _fc_backward),
+    "res": LayerKind(r"res-(?P<filters>\d+)(?:-s(?P<stride>\d+))?", "res-F[-sS]", _build_res,
+                     _res_forward, _res_backward),
+}
+VALID_KINDS = ", ".join(kind.form for kind in KINDS.values()) + " and groups [...]xN"
+
+
+# ----------------------------------------------------------------------------- the grammar
+
+
+def _split_top_level(spec):
+    """Split spec at the commas outside brackets; ValueError on unbalanced brackets."""
+    items, depth, start = [], 0, 0
+    for i, char in enumerate(spec):
+        depth += {"[": 1, "]": -1}.get(char, 0)
+        if depth < 0:
+            raise ValueError(f"unbalanced ']' at position {i} of architecture {spec!r}")
+        if char == "," and depth == 0:
+            items.append(spec[start:i])
+            start = i + 1
+    if depth:
+        raise ValueError(f"unclosed '[' in architecture {spec!r}")
+    return [*items, spec[start:]]
+
+
+def expand_spec(spec):
+    """The layer tokens of a spec in order, each group [...]xN written out N times.
+
+    >>> expand_spec("[conv3-8, relu]x2, pool")
+    ['conv3-8', 'relu', 'conv3-8', 'relu', 'pool']
+    """
+    spec = "".join(spec.split()).lower()
+    tokens = []
+    for item in _split_top_level(spec):
+        group = re.fullmatch(r"\[(.*)\]x(\d+)", item)
+        if group:
+            if int(group[2]) < 1:
+                raise ValueError(f"group {item!r} must repeat at least once")
+            tokens += expand_spec(group[1]) * int(group[2])
+        elif not item or "[" in item or "]" in item:
+            raise ValueError(
+                f"malformed item {item!r} in architecture {spec!r}: expected a layer "
+                f"({VALID_KINDS})"
+            )
+        else:
+            tokens.append(item)
+    return tokens
+
+
+def parse_layer(token):
+    """One layer token -> (kind, args): e.g. "conv3-64-s2" -> ("conv", {size: 3, ...})."""
+    for name, kind in KINDS.items():
+        match = re.fullmatch(kind.pattern, token)
+        if match:
+            args = {k: v for k, v in match.groupdict().items() if v is not None}
+            return name, {k: float(v) if "." in v else int(v) for k, v in args.items()}
+    raise ValueError(f"unknown layer {token!r} in architecture; valid kinds: {VALID_KINDS}")
+
+
+# ----------------------------------------------------------------------------- running
+
+
+class LayerTimes:
+    """Wall time spent in each layer kind's forward and backward, for profiling: set
+    ``model.layer_times = LayerTimes()`` on a ConvNet, run it, read ``seconds``
+    ({(kind, 'forward' | 'backward'): total seconds}). A res block counts as 'res'."""
+
+    def __init__(self):
+        self.seconds = defaultdict(float)
+
+    def timed(self, kind, phase, fn, *args):
+        start = time.perf_counter()
+        result = fn(*args)
+        self.seconds[(kind, phase)] += time.perf_counter() - start
+        return result
+
+
+def run_forward(layers, x, params, times=None):
+    """Run x through layers in order. Returns the output and one cache per layer."""
+    caches = []
+    for layer in layers:
+        forward = KINDS[layer.kind].forward
+        if times is None:
+            x, cache = forward(layer, x, params)
+        else:
+            x, cache = times.timed(layer.kind, "forward", forward, layer, x, params)
+        caches.append(cache)
+    return x, caches
+
+
+def run_backward(layers, dout, caches, grads, times=None):
+    """Backpropagate dout through layers in reverse, filling grads. Returns dx."""
+    for layer, cache in zip(reversed(layers), reversed(caches), strict=True):
+        backward = KINDS[layer.kind].backward
+        if times is None:
+            dout = backward(layer, dout, cache, grads)
+        else:
+            dout = times.timed(layer.kind, "backward", backward, layer, dout, cache, grads)
+    return dout

@@ -1,0 +1,415 @@
+"""Fast convolution and pooling layers: compiled kernels (convlab._kernels) driven from
+Python.
+
+Every public function has the contract of its naive counterpart in ``convlab.layers``:
+x ``(N, C, H, W)``, w ``(F, C, HH, WW)``, b ``(F,)`` or None, out ``(N, F, H', W')`` with
+``H' = 1 + (H + 2 pad - HH) // stride``; float32 stays float32, float64 stays float64.
+
+The fast convolution works on a few large chunks of samples (see _CHUNK_BYTES): their
+columns, in the kernels' sample-major layout, go to scratch buffers reused across chunks
+and calls (no page faults from fresh 40 MB allocations), and the backward pass recomputes
+the columns from x instead of keeping them alive in the cache.
+"""
+
+import threading
+
+import numpy as np
+
+from convlab._checks import (
+    check_conv_operands,
+    check_float_array,
+    check_pool_input,
+    conv_output_size,
+    pool_output_size,
+)
+from convlab._threads import load_kernels
+
+_kernels = load_kernels()
+
+__all__ = [
+    "im2col_cython",
+    "col2im_cython",
+    "conv_forward_fast",
+    "conv_backward_fast",
+    "conv_forward_im2col",
+    "conv_backward_im2col",
+    "conv_forward_strides",
+    "conv_backward_strides",
+    "max_pool_forward_fast",
+    "max_pool_backward_fast",
+    "max_pool_forward_reshape",
+    "max_pool_backward_reshape",
+    "max_pool_forward_im2col",
+    "max_pool_backward_im2col",
+    "avg_pool_forward_fast",
+    "avg_pool_backward_fast",
+    "global_avg_pool_forward_fast",
+    "global_avg_pool_backward_fast",
+]
+
+# Column chunks are at most about this size. Chunks bound the scratch memory (the columns of
+# a CIFAR batch through a 7x7 filter take 38 MB in float32) and keep a chunk's columns in the
+# 32 MB L3 from im2col to GEMM to col2im; but each multithreaded OpenBLAS call costs a thread
+# hand-off that is expensive on a busy machine, so chunks are kept few and large.
+_CHUNK_BYTES = 24 << 20
+
+
+# ============================================================================ validation
+
+
+def _conv_operands(x, w, b, conv_param):
+    """Validate a convolution's inputs; return contiguous x, w, b and (stride, pad, H', W')."""
+    geometry = check_conv_operands(x, w, b, conv_param)
+    b = None if b is None else np.ascontiguousarray(b)
+    return np.ascontiguousarray(x), np.ascontiguousarray(w), b, geometry
+
+
+def _pool_operands(x, pool_param):
+    """Validate a pooling input; return contiguous x and (ph, pw, stride, H', W')."""
+    return np.ascontiguousarray(x), check_pool_input(x, pool_param)
+
+
+def _upstream_grad(dout, shape, dtype):
+    """dout as a contiguous array of the forward pass's dtype; ValueError on a shape mismatch."""
+    dout = np.asarray(dout)
+    if dout.shape != tuple(shape):
+        raise ValueError(f"dout must have shape {tuple(shape)}, got {dout.shape}")
+    return np.ascontiguousarray(dout, dtype=dtype)
+
+
+def _kernel_geometry(field_height, field_width, padding, stride):
+    """The im2col/col2im kernel arguments as ints; ValueError unless they are valid."""
+    for value, name, minimum in ((field_height, "field_height", 1),
+                                 (field_width, "field_width", 1),
+                                 (padding, "padding", 0), (stride, "stride", 1)):
+        if int(value) != value or value < minimum:
+            raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+    return int(field_height), int(field_width), int(padding), int(stride)
+
+
+# ======================================================================= scratch memory
+
+
+_scratch_space = threading.local()
+
+
+def _scratch(name, shape, dtype):
+    """A reusable C-contiguous array private to the calling thread; contents are undefined.
+
+    Only used for temporaries that never leave a function, so reusing them across calls is
+    safe; it saves the page faults of allocating a fresh multi-megabyte buffer every call.
+    Each thread keeps its largest buffer per (name, dtype): about _CHUNK_BYTES of columns
+    plus one chunk of GEMM output.
+    """
+    buffers = getattr(_scratch_space, "buffers", None)
+    if buffers is None:
+        buffers = _scratch_space.buffers = {}
+    size = 1
+    for extent in shape:
+        size *= extent
+    key = (name, np.dtype(dtype))
+    buffer = buffers.get(key)
+    if buffer is None or buffer.size < size:
+        buffer = buffers[key] = np.empty(size, dtype=dtype)
+    return buffer[:size].reshape(shape)
+
+
+def _sample_chunks(N, bytes_per_sample):
+    """(first sample, sample count) pairs of roughly equal chunks of about _CHUNK_BYTES."""
+    if N == 0:
+        return []
+    per_chunk = max(1, min(N, _CHUNK_BYTES // max(1, bytes_per_sample)))
+    n_chunks = -(-N // per_chunk)
+    per_chunk = -(-N // n_chunks)
+    return [(n0, min(per_chunk, N - n0)) for n0 in range(0, N, per_chunk)]
+
+
+# ======================================================================= public kernels
+
+
+def im2col_cython(x, field_height, field_width, padding, stride):
+    """Image patches as columns, in the cs231n layout.
+
+    x: (N, C, H, W). Returns cols (C fh fw, N H' W') where row (c fh + i) fw + j and
+    column (h' W' + w') N + n hold x[n, c, h' stride + i - padding, w' stride + j - padding]
+    (zero in the padding), H' = 1 + (H + 2 padding - fh) // stride, likewise W'.
+    """
+    check_float_array(x, "x", ndim=4)
+    fh, fw, pad, stride = _kernel_geometry(field_height, field_width, padding, stride)
+    N, C, H, W = x.shape
+    Ho, Wo = conv_output_size(H, W, fh, fw, stride, pad)
+    cols = np.empty((C * fh * fw, N * Ho * Wo), dtype=x.dtype)
+    _kernels.im2col_cs231n(np.ascontiguousarray(x), cols, fh, fw, pad, stride, Ho, Wo)
+    return cols
+
+
+def col2im_cython(cols, N, C, H, W, field_height, field_width, padding, stride):
+    """Adjoint of im2col_cython: sums each column entry back into its image position.
+
+    cols: (C fh fw, N H' W') in the cs231n layout. Returns dx (N, C, H, W) (padding removed).
+    """
+    check_float_array(cols, "cols", ndim=2)
+    fh, fw, pad, stride = _kernel_geometry(field_height, field_width, padding, stride)
+    Ho, Wo = conv_output_size(H, W, fh, fw, stride, pad)
+    expected = (C * fh * fw, N * Ho * Wo)
+    if cols.shape != expected:
+        raise ValueError(f"cols must have shape {expected} for this geometry, got {cols.shape}")
+    dx = np.zeros((N, C, H, W), dtype=cols.dtype)
+    _kernels.col2im_cs231n(np.ascontiguousarray(cols), dx, fh, fw, pad, stride, Ho, Wo)
+    return dx
+
+
+# ======================================================================== convolution
+
+
+def conv_forward_fast(x, w, b, conv_param):
+    """Convolution by chunked im2col + GEMM. Contract of conv_forward_naive; b may be None.
+
+    x: (N, C, H, W), w: (F, C, HH, WW), b: (F,) or None. Returns out (N, F, H', W'), cache.
+    """
+    x, w, b, (stride, pad, Ho, Wo) = _conv_operands(x, w, b, conv_param)
+    N = x.shape[0]
+    F, C, HH, WW = w.shape
+    P, K = Ho * Wo, C * HH * WW
+    w_rows = w.reshape(F, K)
+    bias = b if b is not None else np.zeros(F, dtype=x.dtype)
+    out = np.empty((N, F, Ho, Wo), dtype=x.dtype)
+    out_rows = out.reshape(N, F, P)
+    for n0, nc in _sample_chunks(N, K * P * x.itemsize):
+        cols = _scratch("cols", (K, nc * P), x.dtype)
+        _kernels.im2col_samples(x, cols, n0, HH, WW, pad, stride, Ho, Wo)
+        product = _scratch("product", (F, nc * P), x.dtype)
+        np.matmul(w_rows, cols, out=product)
+        _kernels.rows_to_samples(product, bias, out_rows[n0:n0 + nc])
+    return out, (x, w, b is not None, stride, pad)
+
+
+def conv_backward_fast(dout, cache, need_dx=True):
+    """dout: (N, F, H', W'). Returns dx (N, C, H, W), dw (F, C, HH, WW), db (F,) or None.
+
+    need_dx=False skips the input gradient (dx is returned as None): a network's first layer
+    has no use for it, and it costs a GEMM and a col2im, about half the backward pass.
+    """
+    x, w, has_bias, stride, pad = cache
+    N = x.shape[0]
+    F, C, HH, WW = w.shape
+    Ho, Wo = conv_output_size(x.shape[2], x.shape[3], HH, WW, stride, pad)
+    P, K = Ho * Wo, C * HH * WW
+    dout_rows = _upstream_grad(dout, (N, F, Ho, Wo), x.dtype).reshape(N, F, P)
+    w_rows = w.reshape(F, K)
+    dx = np.empty_like(x) if need_dx else None
+    dw_columns = np.zeros((K, F), dtype=x.dtype)
+    db = np.zeros(F, dtype=np.float64)
+    for n0, nc in _sample_chunks(N, K * P * x.itemsize):
+        grad_rows = _scratch("grad_rows", (F, nc * P), x.dtype)
+        _kernels.samples_to_rows(dout_rows[n0:n0 + nc], grad_rows, db)
+        cols = _scratch("cols", (K, nc * P), x.dtype)
+        _kernels.im2col_samples(x, cols, n0, HH, WW, pad, stride, Ho, Wo)
+        # dw^T = cols grad_rows^T: the same flops as grad_rows cols^T, but multithreaded
+        # OpenBLAS 0.3.x stalls far less on this orientation when the cores are busy.
+        dw_chunk = _scratch("dw_chunk", (K, F), x.dtype)
+        np.matmul(cols, grad_rows.T, out=dw_chunk)
+        dw_columns += dw_chunk
+        if need_dx:
+            # The columns are no longer needed: their buffer receives the column gradients.
+            np.matmul(w_rows.T, grad_rows, out=cols)
+            _kernels.col2im_samples(cols, dx, n0, HH, WW, pad, stride, Ho, Wo)
+    dw = np.ascontiguousarray(dw_columns.T).reshape(w.shape)
+    return dx, dw, db.astype(x.dtype) if has_bias else None
+
+
+def conv_forward_im2col(x, w, b, conv_param):
+    """Unchunked convolution through the public cs231n-layout kernel im2col_cython.
+
+    Same contract as conv_forward_fast; the cache keeps the full column matrix.
+    """
+    x, w, b, (stride, pad, Ho, Wo) = _conv_operands(x, w, b, conv_param)
+    N = x.shape[0]
+    F, _, HH, WW = w.shape
+    cols = im2col_cython(x, HH, WW, pad, stride)
+    product = w.reshape(F, -1) @ cols
+    if b is not None:
+        product += b[:, None]
+    out = np.ascontiguousarray(product.reshape(F, Ho, Wo, N).transpose(3, 0, 1, 2))
+    return out, (x, w, b is not None, stride, pad, cols)
+
+
+def conv_backward_im2col(dout, cache):
+    """Backward of conv_forward_im2col. Returns dx, dw, db (db is None without bias)."""
+    x, w, has_bias, stride, pad, cols = cache
+    N, C, H, W = x.shape
+    F, _, HH, WW = w.shape
+    Ho, Wo = conv_output_size(H, W, HH, WW, stride, pad)
+    dout = _upstream_grad(dout, (N, F, Ho, Wo), x.dtype)
+    grad_rows = dout.transpose(1, 2, 3, 0).reshape(F, -1)
+    dw = (grad_rows @ cols.T).reshape(w.shape)
+    dx = col2im_cython(w.reshape(F, -1).T @ grad_rows, N, C, H, W, HH, WW, pad, stride)
+    db = dout.sum(axis=(0, 2, 3)) if has_bias else None
+    return dx, dw, db
+
+
+def conv_forward_strides(x, w, b, conv_param):
+    """Convolution whose im2col is a NumPy as_strided view of the padded input.
+
+    Same contract as conv_forward_fast; the columns come out sample-major, the layout the
+    col2im of conv_backward_strides expects.
+    """
+    x, w, b, (stride, pad, Ho, Wo) = _conv_operands(x, w, b, conv_param)
+    N, C, _, _ = x.shape
+    F, _, HH, WW = w.shape
+    padded = np.pad(x, ((0, 0), (0, 0), (pad, pad), (pad, pad)))
+    Hp, Wp = padded.shape[2:]
+    item = padded.itemsize
+    patches = np.lib.stride_tricks.as_strided(
+        padded,
+        shape=(C, HH, WW, N, Ho, Wo),
+        strides=(Hp * Wp * item, Wp * item, item, C * Hp * Wp * item,
+                 stride * Wp * item, stride * item),
+        writeable=False,
+    )
+    cols = np.ascontiguousarray(patches).reshape(C * HH * WW, N * Ho * Wo)
+    product = w.reshape(F, -1) @ cols
+    if b is not None:
+        product += b[:, None]
+    out = np.ascontiguousarray(product.reshape(F, N, Ho, Wo).transpose(1, 0, 2, 3))
+    return out, (x, w, b is not None, stride, pad, cols)
+
+
+def conv_backward_strides(dout, cache):
+    """Backward of conv_forward_strides. Returns dx, dw, db (db is None without bias)."""
+    x, w, has_bias, stride, pad, cols = cache
+    N, C, H, W = x.shape
+    F, _, HH, WW = w.shape
+    Ho, Wo = conv_output_size(H, W, HH, WW, stride, pad)
+    dout = _upstream_grad(dout, (N, F, Ho, Wo), x.dtype)
+    grad_rows = dout.transpose(1, 0, 2, 3).reshape(F, -1)
+    dw = (grad_rows @ cols.T).reshape(w.shape)
+    dcols = w.reshape(F, -1).T @ grad_rows
+    dx = np.empty_like(x)
+    _kernels.col2im_samples(dcols, dx, 0, HH, WW, pad, stride, Ho, Wo)
+    db = dout.sum(axis=(0, 2, 3)) if has_bias else None
+    return dx, dw, db
+
+
+# ============================================================================ pooling
+
+
+def max_pool_forward_fast(x, pool_param):
+    """Max pooling with any window and stride. Contract of max_pool_forward_naive.
+
+    x: (N, C, H, W). Returns out (N, C, H', W') with H' = 1 + (H - pool_height) // stride,
+    and a cache holding the argmax (flat h W + w index per output) for the backward pass.
+    """
+    x, (ph, pw, stride, Ho, Wo) = _pool_operands(x, pool_param)
+    N, C, H, W = x.shape
+    out = np.empty((N, C, Ho, Wo), dtype=x.dtype)
+    argmax = np.empty((N, C, Ho, Wo), dtype=np.intc)
+    _kernels.max_pool_planes(x.reshape(N * C, H, W), out.reshape(N * C, Ho, Wo),
+                     argmax.reshape(N * C, Ho, Wo), ph, pw, stride)
+    return out, (x.shape, x.dtype, argmax)
+
+
+def max_pool_backward_fast(dout, cache):
+    """Routes each output gradient to the first maximum of its window. Returns dx (N, C, H, W)."""
+    x_shape, dtype, argmax = cache
+    N, C, H, W = x_shape
+    _, _, Ho, Wo = argmax.shape
+    dout = _upstream_grad(dout, argmax.shape, dtype)
+    dx = np.empty(x_shape, dtype=dtype)
+    _kernels.max_unpool_planes(dout.reshape(N * C, Ho * Wo), argmax.reshape(N * C, Ho * Wo),
+                       dx.reshape(N * C, H * W))
+    return dx
+
+
+def _tiling_windows(x, pool_param):
+    """x viewed as (N, C, H', W', ph pw) windows; ValueError unless the windows tile x."""
+    x, (ph, pw, stride, Ho, Wo) = _pool_operands(x, pool_param)
+    N, C, H, W = x.shape
+    if not (ph == pw == stride and H % ph == 0 and W % pw == 0):
+        raise ValueError(
+            "max_pool_*_reshape needs square windows with stride == pool size that tile the "
+            f"input; got {ph}x{pw} windows, stride {stride}, input {H}x{W}"
+        )
+    tiles = x.reshape(N, C, Ho, ph, Wo, pw).transpose(0, 1, 2, 4, 3, 5)
+    return x, tiles.reshape(N, C, Ho, Wo, ph * pw)
+
+
+def max_pool_forward_reshape(x, pool_param):
+    """Max pooling for windows that tile the input, by reshaping; ValueError otherwise."""
+    x, windows = _tiling_windows(x, pool_param)
+    first_max = windows.argmax(axis=4)[..., None]
+    out = np.take_along_axis(windows, first_max, axis=4)[..., 0]
+    return out, (x.shape, x.dtype, first_max)
+
+
+def max_pool_backward_reshape(dout, cache):
+    """Backward of max_pool_forward_reshape. Returns dx (N, C, H, W)."""
+    (N, C, H, W), dtype, first_max = cache
+    Ho, Wo = first_max.shape[2:4]
+    ph, pw = H // Ho, W // Wo
+    dout = _upstream_grad(dout, (N, C, Ho, Wo), dtype)
+    dwindows = np.zeros((N, C, Ho, Wo, ph * pw), dtype=dtype)
+    np.put_along_axis(dwindows, first_max, dout[..., None], axis=4)
+    dx = dwindows.reshape(N, C, Ho, Wo, ph, pw).transpose(0, 1, 2, 4, 3, 5)
+    return np.ascontiguousarray(dx).reshape(N, C, H, W)
+
+
+def max_pool_forward_im2col(x, pool_param):
+    """Max pooling as an argmax over the im2col columns of single-channel planes."""
+    x, (ph, pw, stride, Ho, Wo) = _pool_operands(x, pool_param)
+    N, C, H, W = x.shape
+    cols = np.empty((ph * pw, N * C * Ho * Wo), dtype=x.dtype)
+    _kernels.im2col_samples(x.reshape(N * C, 1, H, W), cols, 0, ph, pw, 0, stride, Ho, Wo)
+    first_max = cols.argmax(axis=0)
+    out = cols[first_max, np.arange(cols.shape[1])].reshape(N, C, Ho, Wo)
+    return out, (x.shape, x.dtype, pool_param, first_max)
+
+
+def max_pool_backward_im2col(dout, cache):
+    """Backward of max_pool_forward_im2col. Returns dx (N, C, H, W)."""
+    (N, C, H, W), dtype, pool_param, first_max = cache
+    ph, pw, stride = pool_param["pool_height"], pool_param["pool_width"], pool_param["stride"]
+    Ho, Wo = pool_output_size(H, W, ph, pw, stride)
+    dout = _upstream_grad(dout, (N, C, Ho, Wo), dtype)
+    dcols = np.zeros((ph * pw, first_max.size), dtype=dtype)
+    dcols[first_max, np.arange(first_max.size)] = dout.ravel()
+    dx = np.empty((N * C, 1, H, W), dtype=dtype)
+    _kernels.col2im_samples(dcols, dx, 0, ph, pw, 0, stride, Ho, Wo)
+    return dx.reshape(N, C, H, W)
+
+
+def avg_pool_forward_fast(x, pool_param):
+    """Average pooling (pool_param as for max pooling). Returns out (N, C, H', W'), cache."""
+    x, (ph, pw, stride, Ho, Wo) = _pool_operands(x, pool_param)
+    N, C, H, W = x.shape
+    out = np.empty((N, C, Ho, Wo), dtype=x.dtype)
+    _kernels.avg_pool_planes(x.reshape(N * C, H, W), out.reshape(N * C, Ho, Wo), ph, pw, stride)
+    return out, (x.shape, x.dtype, (ph, pw, stride, Ho, Wo))
+
+
+def avg_pool_backward_fast(dout, cache):
+    """Spreads each output gradient evenly over its window. Returns dx (N, C, H, W)."""
+    (N, C, H, W), dtype, (ph, pw, stride, Ho, Wo) = cache
+    dout = _upstream_grad(dout, (N, C, Ho, Wo), dtype)
+    dx = np.empty((N, C, H, W), dtype=dtype)
+    _kernels.avg_unpool_planes(dout.reshape(N * C, Ho, Wo), dx.reshape(N * C, H, W), ph, pw, stride)
+    return dx
+
+
+def global_avg_pool_forward_fast(x):
+    """Mean over each channel's spatial positions. x: (N, C, H, W) -> out (N, C), cache."""
+    check_float_array(x, "x", ndim=4)
+    x = np.ascontiguousarray(x)
+    N, C, H, W = x.shape
+    out = np.empty((N, C), dtype=x.dtype)
+    _kernels.plane_means(x.reshape(N * C, H * W), out.reshape(N * C))
+    return out, (x.shape, x.dtype)
+
+
+def global_avg_pool_backward_fast(dout, cache):
+    """dout: (N, C). Returns dx (N, C, H, W) with dout / (H W) at every position."""
+    (N, C, H, W), dtype = cache
+    dout = _upstream_grad(dout, (N, C), dtype)
+    dx = np.empty((N, C, H, W), dtype=dtype)
+    _kernels.spread_means(dout.reshape(N * C), dx.reshape(N * C, H * W))
+    return dx
