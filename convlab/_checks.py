@@ -1,5 +1,6 @@
 """Input validation shared by the layers: bad input gets a clear error, never a wrong answer."""
 
+
 import numpy as np
 
 
@@ -26,26 +27,44 @@ def check_same_dtype(x, **arrays):
             )
 
 
-def check_labels(y, N, C):
-    """y must be N integer labels in [0, C)."""
+def check_labels(y, N=None, C=None, name="labels y"):
+    """``y`` as an int64 array of N class labels in [0, C): TypeError unless integers,
+    ValueError for another shape or a label out of range (N and C checked when given)."""
     y = np.asarray(y)
-    if not np.issubdtype(y.dtype, np.integer):
-        raise TypeError(f"labels y must be integers, got dtype {y.dtype}")
-    if y.shape != (N,):
-        raise ValueError(f"labels y must have shape ({N},) to match the scores, got {y.shape}")
-    if N and (y.min() < 0 or y.max() >= C):
-        raise ValueError(f"labels y must lie in [0, {C}), got values in [{y.min()}, {y.max()}]")
+    if y.size and not np.issubdtype(y.dtype, np.integer):
+        raise TypeError(f"{name} must be integers, got dtype {y.dtype}")
+    if y.ndim != 1 or (N is not None and y.shape[0] != N):
+        expected = f"({N},) to match the scores" if N is not None else "(N,)"
+        raise ValueError(f"{name} must have shape {expected}, got {y.shape}")
+    if y.size and (y.min() < 0 or (C is not None and y.max() >= C)):
+        upper = C if C is not None else "inf"
+        raise ValueError(f"{name} must lie in [0, {upper}), got values in [{y.min()}, {y.max()}]")
+    return y.astype(np.int64, copy=False)
 
 
-def _check_positive_int(value, name, minimum):
-    if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < minimum:
+def check_int(value, name, minimum=0):
+    """``value`` as an int: TypeError unless it is an integer (Python or NumPy, not bool),
+    ValueError if it is below ``minimum``."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"{name} must be an integer >= {minimum}, got {value!r}")
+    if value < minimum:
         raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+    return int(value)
+
+
+def check_keep_probability(p, name="dropout keep probability"):
+    """A dropout keep probability must lie in (0, 1]: 1 keeps everything, 0 nothing."""
+    if isinstance(p, bool) or not isinstance(p, (int, float, np.integer, np.floating)) or not (
+        0 < p <= 1
+    ):
+        raise ValueError(f"{name} must be in (0, 1], got {p!r}")
+    return p
 
 
 def conv_output_size(H, W, HH, WW, stride, pad):
     """(H', W') of a convolution; ValueError when the filter does not fit the padded input."""
-    _check_positive_int(stride, "conv_param['stride']", 1)
-    _check_positive_int(pad, "conv_param['pad']", 0)
+    check_int(stride, "conv_param['stride']", 1)
+    check_int(pad, "conv_param['pad']", 0)
     if HH > H + 2 * pad or WW > W + 2 * pad:
         raise ValueError(f"a {HH}x{WW} filter does not fit a {H}x{W} input padded by {pad}")
     return 1 + (H + 2 * pad - HH) // stride, 1 + (W + 2 * pad - WW) // stride
@@ -53,9 +72,9 @@ def conv_output_size(H, W, HH, WW, stride, pad):
 
 def pool_output_size(H, W, pool_height, pool_width, stride):
     """(H', W') of a pooling layer; ValueError when the window does not fit the input."""
-    _check_positive_int(pool_height, "pool_param['pool_height']", 1)
-    _check_positive_int(pool_width, "pool_param['pool_width']", 1)
-    _check_positive_int(stride, "pool_param['stride']", 1)
+    check_int(pool_height, "pool_param['pool_height']", 1)
+    check_int(pool_width, "pool_param['pool_width']", 1)
+    check_int(stride, "pool_param['stride']", 1)
     if pool_height > H or pool_width > W:
         raise ValueError(f"a {pool_height}x{pool_width} pool window does not fit a {H}x{W} input")
     return 1 + (H - pool_height) // stride, 1 + (W - pool_width) // stride
@@ -86,14 +105,8 @@ def check_pool_input(x, pool_param):
 
 
 def check_count(name, value, allow_zero=True):
-    """Return ``value`` as an int, raising TypeError/ValueError unless it is a valid count."""
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
-    value = int(value)
-    if value < 0 or (value == 0 and not allow_zero):
-        bound = ">= 0" if allow_zero else ">= 1"
-        raise ValueError(f"{name} must be {bound}, got {value}")
-    return value
+    """A count of things: an int >= 0 (>= 1 without allow_zero); see check_int."""
+    return check_int(value, name, minimum=0 if allow_zero else 1)
 
 
 def check_numeric_dtype(dtype):
@@ -110,3 +123,27 @@ def check_float_dtype(dtype):
     if dt.kind != "f":
         raise TypeError(f"dtype must be a floating-point dtype, got {dt}")
     return dt
+
+
+def as_real_array(x, name):
+    """``x`` as a NumPy array of real numbers (bool/int/float), else TypeError."""
+    try:
+        arr = np.asarray(x)
+    except Exception as exc:  # ragged lists and the like
+        raise TypeError(f"{name} must be array-like, got {type(x).__name__}") from exc
+    if arr.dtype == object or not (
+        np.issubdtype(arr.dtype, np.number) or arr.dtype == np.bool_
+    ) or np.issubdtype(arr.dtype, np.complexfloating):
+        raise TypeError(f"{name} must hold real numbers, got dtype {arr.dtype}")
+    return arr
+
+
+def check_images_nhwc(Xs, name="Xs"):
+    Xs = as_real_array(Xs, name)
+    if Xs.ndim != 4:
+        raise ValueError(f"{name} must have shape (N, H, W, C), got shape {Xs.shape}")
+    if 0 in Xs.shape:
+        raise ValueError(f"{name} must not be empty, got shape {Xs.shape}")
+    if not np.all(np.isfinite(Xs)):
+        raise ValueError(f"{name} contains NaN or infinite values")
+    return Xs

@@ -18,6 +18,7 @@ import numpy as np
 from convlab._checks import (
     check_conv_operands,
     check_float_array,
+    check_int,
     check_pool_input,
     conv_output_size,
     pool_output_size,
@@ -78,13 +79,9 @@ def _upstream_grad(dout, shape, dtype):
 
 
 def _kernel_geometry(field_height, field_width, padding, stride):
-    """The im2col/col2im kernel arguments as ints; ValueError unless they are valid."""
-    for value, name, minimum in ((field_height, "field_height", 1),
-                                 (field_width, "field_width", 1),
-                                 (padding, "padding", 0), (stride, "stride", 1)):
-        if int(value) != value or value < minimum:
-            raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
-    return int(field_height), int(field_width), int(padding), int(stride)
+    """The im2col/col2im kernel arguments as ints; TypeError/ValueError unless valid."""
+    return (check_int(field_height, "field_height", 1), check_int(field_width, "field_width", 1),
+            check_int(padding, "padding", 0), check_int(stride, "stride", 1))
 
 
 # ======================================================================= scratch memory

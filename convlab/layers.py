@@ -10,6 +10,8 @@ import numpy as np
 from convlab._checks import (
     check_conv_operands,
     check_float_array,
+    check_int,
+    check_keep_probability,
     check_labels,
     check_pool_input,
     check_same_dtype,
@@ -295,7 +297,7 @@ def spatial_groupnorm_forward(x, gamma, beta, G, gn_param):
     """
     check_float_array(x, "x", ndim=4)
     N, C, H, W = x.shape
-    if not isinstance(G, (int, np.integer)) or G < 1 or C % G:
+    if C % check_int(G, "G", 1):
         raise ValueError(f"G must be a positive integer dividing C={C}, got {G!r}")
     _check_norm_params(x, gamma, beta, (1, C, 1, 1))
     eps = gn_param.get("eps", 1e-5)
@@ -334,8 +336,7 @@ def dropout_forward(x, dropout_param):
     check_float_array(x, "x")
     p = dropout_param.get("p")
     mode = dropout_param.get("mode")
-    if p is None or not 0 < p <= 1:
-        raise ValueError(f"dropout_param['p'] (keep probability) must be in (0, 1], got {p!r}")
+    check_keep_probability(p, "dropout_param['p'] (keep probability)")
     if mode not in ("train", "test"):
         raise ValueError(f"dropout_param['mode'] must be 'train' or 'test', got {mode!r}")
     if mode == "test" or p == 1:

@@ -116,7 +116,7 @@ def test_malformed_specs_raise(spec, message):
         ("[conv3-8,pool]x4,fc10", r"maxpool8 \('pool'\) on input 8 x 1 x 1"),
         ("fc20,gap,fc10", r"gap2.*needs an image input"),
         ("conv3-6,gn4,fc10", "4 groups do not divide 6 channels"),
-        ("conv3-0,fc10", "filters must be a positive integer"),
+        ("conv3-0,fc10", "filters must be an integer >= 1"),
         ("lrelu1.5,fc10", r"slope must be in \[0, 1\)"),
         ("dropout1.5,fc10", "keep probability"),
         ("conv3-8,fc7", "gives 7 scores but num_classes is 10"),

@@ -224,7 +224,7 @@ def test_plot_confusion_matrix_rejects_bad_input():
         plot_confusion_matrix([0, 1], [0], ["a", "b"])
     with pytest.raises(ValueError, match="out of range"):
         plot_confusion_matrix([0, 3], [0, 1], ["a", "b"])
-    with pytest.raises(ValueError, match="integer"):
+    with pytest.raises(TypeError, match="integers"):
         plot_confusion_matrix([0.5], [0], ["a"])
     with pytest.raises(TypeError):
         plot_confusion_matrix([0], [0], "ab")

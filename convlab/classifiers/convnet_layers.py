@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from convlab._checks import conv_output_size, pool_output_size
+from convlab._checks import check_int, check_keep_probability, conv_output_size, pool_output_size
 from convlab.classifiers.base import init_std
 from convlab.fast_layers import (
     avg_pool_backward_fast,
@@ -139,12 +139,6 @@ def _image(shape):
     return shape
 
 
-def _positive(**values):
-    for name, value in values.items():
-        if value < 1 or not isinstance(value, int):
-            raise ValueError(f"{name} must be a positive integer, got {value}")
-
-
 # ----------------------------------------------------------------------------- conv
 
 
@@ -152,7 +146,8 @@ def _build_conv(builder, layer, args, shape):
     C, H, W = _image(shape)
     K, F = args["size"], args["filters"]
     stride, pad = args.get("stride", 1), args.get("pad", (K - 1) // 2)
-    _positive(filter_size=K, filters=F)
+    check_int(K, "filter size", 1)
+    check_int(F, "filters", 1)
     H_out, W_out = conv_output_size(H, W, K, K, stride, pad)
     layer.opts["conv_param"] = {"stride": stride, "pad": pad}
     builder.weight(layer.key("W"), (F, C, K, K), fan_in=C * K * K)
@@ -251,16 +246,13 @@ def _build_gap(builder, layer, args, shape):
 
 
 def _build_dropout(builder, layer, args, shape):
-    keep = args["keep"]
-    if not 0 < keep <= 1:
-        raise ValueError(f"dropout keep probability must be in (0, 1], got {keep}")
-    layer.opts["dropout_param"] = builder.dropout_param(keep)
+    layer.opts["dropout_param"] = builder.dropout_param(check_keep_probability(args["keep"]))
     return shape
 
 
 def _build_fc(builder, layer, args, shape):
     D, M = int(np.prod(shape)), args["units"]
-    _positive(units=M)
+    check_int(M, "units", 1)
     builder.weight(layer.key("W"), (D, M), fan_in=D)
     builder.constant(layer.key("b"), (M,), 0.0)
     return (M,)

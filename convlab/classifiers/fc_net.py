@@ -2,6 +2,7 @@
 
 import numpy as np
 
+from convlab._checks import check_keep_probability
 from convlab.classifiers.base import Classifier, init_std
 from convlab.layer_utils import (
     affine_norm_relu_backward,
@@ -111,8 +112,7 @@ class FullyConnectedNet(Classifier):
             raise ValueError(
                 f"normalization must be None, 'batchnorm' or 'layernorm', got {normalization!r}"
             )
-        if not 0 < dropout_keep_ratio <= 1:
-            raise ValueError(f"dropout_keep_ratio must be in (0, 1], got {dropout_keep_ratio}")
+        check_keep_probability(dropout_keep_ratio, "dropout_keep_ratio")
         hidden_dims = [int(h) for h in hidden_dims]
         self.init_args = dict(
             hidden_dims=hidden_dims,
