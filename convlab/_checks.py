@@ -27,6 +27,16 @@ def check_same_dtype(x, **arrays):
             )
 
 
+def check_dout(dout, shape, dtype=None):
+    """The upstream gradient of a layer whose output had ``shape``: ValueError for another
+    shape; with ``dtype``, returned as a C-contiguous array of it (what kernels need)."""
+    dout = np.asarray(dout)
+    if dout.shape != tuple(shape):
+        raise ValueError(f"dout must have shape {tuple(shape)} (the forward output), "
+                         f"got {dout.shape}")
+    return dout if dtype is None else np.ascontiguousarray(dout, dtype=dtype)
+
+
 def check_labels(y, N=None, C=None, name="labels y"):
     """``y`` as an int64 array of N class labels in [0, C): TypeError unless integers,
     ValueError for another shape or a label out of range (N and C checked when given)."""

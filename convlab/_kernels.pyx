@@ -289,8 +289,9 @@ def max_pool_planes(const floating[:, :, ::1] x, floating[:, :, ::1] out,
                     for i in range(ph):
                         for j in range(pw):
                             v = x[t, h0 + i, w0 + j]
-                            # Strict '>' keeps the first maximum, like np.argmax in the naive layer.
-                            if v > best:
+                            # Like np.argmax in the naive layer: the first maximum wins
+                            # (strict '>'), and a NaN beats any number (v != v is NaN).
+                            if v > best or (v != v and best == best):
                                 best = v
                                 best_at = (h0 + i) * W + w0 + j
                     out[t, yo, xo] = best

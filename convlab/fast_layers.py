@@ -17,6 +17,7 @@ import numpy as np
 
 from convlab._checks import (
     check_conv_operands,
+    check_dout,
     check_float_array,
     check_int,
     check_pool_input,
@@ -68,14 +69,6 @@ def _conv_operands(x, w, b, conv_param):
 def _pool_operands(x, pool_param):
     """Validate a pooling input; return contiguous x and (ph, pw, stride, H', W')."""
     return np.ascontiguousarray(x), check_pool_input(x, pool_param)
-
-
-def _upstream_grad(dout, shape, dtype):
-    """dout as a contiguous array of the forward pass's dtype; ValueError on a shape mismatch."""
-    dout = np.asarray(dout)
-    if dout.shape != tuple(shape):
-        raise ValueError(f"dout must have shape {tuple(shape)}, got {dout.shape}")
-    return np.ascontiguousarray(dout, dtype=dtype)
 
 
 def _kernel_geometry(field_height, field_width, padding, stride):
@@ -192,7 +185,7 @@ def conv_backward_fast(dout, cache, need_dx=True):
     F, C, HH, WW = w.shape
     Ho, Wo = conv_output_size(x.shape[2], x.shape[3], HH, WW, stride, pad)
     P, K = Ho * Wo, C * HH * WW
-    dout_rows = _upstream_grad(dout, (N, F, Ho, Wo), x.dtype).reshape(N, F, P)
+    dout_rows = check_dout(dout, (N, F, Ho, Wo), x.dtype).reshape(N, F, P)
     w_rows = w.reshape(F, K)
     dx = np.empty_like(x) if need_dx else None
     dw_columns = np.zeros((K, F), dtype=x.dtype)
@@ -237,7 +230,7 @@ def conv_backward_im2col(dout, cache):
     N, C, H, W = x.shape
     F, _, HH, WW = w.shape
     Ho, Wo = conv_output_size(H, W, HH, WW, stride, pad)
-    dout = _upstream_grad(dout, (N, F, Ho, Wo), x.dtype)
+    dout = check_dout(dout, (N, F, Ho, Wo), x.dtype)
     grad_rows = dout.transpose(1, 2, 3, 0).reshape(F, -1)
     dw = (grad_rows @ cols.T).reshape(w.shape)
     dx = col2im_cython(w.reshape(F, -1).T @ grad_rows, N, C, H, W, HH, WW, pad, stride)
@@ -278,7 +271,7 @@ def conv_backward_strides(dout, cache):
     N, C, H, W = x.shape
     F, _, HH, WW = w.shape
     Ho, Wo = conv_output_size(H, W, HH, WW, stride, pad)
-    dout = _upstream_grad(dout, (N, F, Ho, Wo), x.dtype)
+    dout = check_dout(dout, (N, F, Ho, Wo), x.dtype)
     grad_rows = dout.transpose(1, 0, 2, 3).reshape(F, -1)
     dw = (grad_rows @ cols.T).reshape(w.shape)
     dcols = w.reshape(F, -1).T @ grad_rows
@@ -311,7 +304,7 @@ def max_pool_backward_fast(dout, cache):
     x_shape, dtype, argmax = cache
     N, C, H, W = x_shape
     _, _, Ho, Wo = argmax.shape
-    dout = _upstream_grad(dout, argmax.shape, dtype)
+    dout = check_dout(dout, argmax.shape, dtype)
     dx = np.empty(x_shape, dtype=dtype)
     _kernels.max_unpool_planes(dout.reshape(N * C, Ho * Wo), argmax.reshape(N * C, Ho * Wo),
                        dx.reshape(N * C, H * W))
@@ -344,7 +337,7 @@ def max_pool_backward_reshape(dout, cache):
     (N, C, H, W), dtype, first_max = cache
     Ho, Wo = first_max.shape[2:4]
     ph, pw = H // Ho, W // Wo
-    dout = _upstream_grad(dout, (N, C, Ho, Wo), dtype)
+    dout = check_dout(dout, (N, C, Ho, Wo), dtype)
     dwindows = np.zeros((N, C, Ho, Wo, ph * pw), dtype=dtype)
     np.put_along_axis(dwindows, first_max, dout[..., None], axis=4)
     dx = dwindows.reshape(N, C, Ho, Wo, ph, pw).transpose(0, 1, 2, 4, 3, 5)
@@ -367,7 +360,7 @@ def max_pool_backward_im2col(dout, cache):
     (N, C, H, W), dtype, pool_param, first_max = cache
     ph, pw, stride = pool_param["pool_height"], pool_param["pool_width"], pool_param["stride"]
     Ho, Wo = pool_output_size(H, W, ph, pw, stride)
-    dout = _upstream_grad(dout, (N, C, Ho, Wo), dtype)
+    dout = check_dout(dout, (N, C, Ho, Wo), dtype)
     dcols = np.zeros((ph * pw, first_max.size), dtype=dtype)
     dcols[first_max, np.arange(first_max.size)] = dout.ravel()
     dx = np.empty((N * C, 1, H, W), dtype=dtype)
@@ -387,7 +380,7 @@ def avg_pool_forward_fast(x, pool_param):
 def avg_pool_backward_fast(dout, cache):
     """Spreads each output gradient evenly over its window. Returns dx (N, C, H, W)."""
     (N, C, H, W), dtype, (ph, pw, stride, Ho, Wo) = cache
-    dout = _upstream_grad(dout, (N, C, Ho, Wo), dtype)
+    dout = check_dout(dout, (N, C, Ho, Wo), dtype)
     dx = np.empty((N, C, H, W), dtype=dtype)
     _kernels.avg_unpool_planes(dout.reshape(N * C, Ho, Wo), dx.reshape(N * C, H, W), ph, pw, stride)
     return dx
@@ -406,7 +399,7 @@ def global_avg_pool_forward_fast(x):
 def global_avg_pool_backward_fast(dout, cache):
     """dout: (N, C). Returns dx (N, C, H, W) with dout / (H W) at every position."""
     (N, C, H, W), dtype = cache
-    dout = _upstream_grad(dout, (N, C), dtype)
+    dout = check_dout(dout, (N, C), dtype)
     dx = np.empty((N, C, H, W), dtype=dtype)
     _kernels.spread_means(dout.reshape(N * C), dx.reshape(N * C, H * W))
     return dx

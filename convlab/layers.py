@@ -9,12 +9,14 @@ import numpy as np
 
 from convlab._checks import (
     check_conv_operands,
+    check_dout,
     check_float_array,
     check_int,
     check_keep_probability,
     check_labels,
     check_pool_input,
     check_same_dtype,
+    pool_output_size,
 )
 
 # ----------------------------------------------------------------------------- affine / relu
@@ -41,6 +43,7 @@ def affine_forward(x, w, b):
 def affine_backward(dout, cache):
     """dout: (N, M). Returns dx (x's shape), dw (D, M), db (M,)."""
     x, w = cache
+    dout = check_dout(dout, (x.shape[0], w.shape[1]))
     x_flat = x.reshape(x.shape[0], -1)  # (N, D)
     dx = (dout @ w.T).reshape(x.shape)
     dw = x_flat.T @ dout
@@ -56,7 +59,7 @@ def relu_forward(x):
 
 def relu_backward(dout, cache):
     x = cache
-    return dout * (x > 0)
+    return check_dout(dout, x.shape) * (x > 0)
 
 
 def leaky_relu_forward(x, alpha=0.01):
@@ -69,6 +72,7 @@ def leaky_relu_forward(x, alpha=0.01):
 
 def leaky_relu_backward(dout, cache):
     x, alpha = cache
+    dout = check_dout(dout, x.shape)
     return np.where(x > 0, dout, dout * dout.dtype.type(alpha))
 
 
@@ -85,6 +89,7 @@ def elu_forward(x, alpha=1.0):
 
 def elu_backward(dout, cache):
     x, out, alpha = cache
+    dout = check_dout(dout, x.shape)
     # For x <= 0, d/dx alpha (e^x - 1) = alpha e^x = out + alpha.
     return np.where(x > 0, dout, dout * (out + alpha))
 
@@ -174,6 +179,10 @@ def _batchnorm_forward(x, gamma, beta, bn_param, axes):
     gamma_b, beta_b = gamma.reshape(channel_shape), beta.reshape(channel_shape)
 
     if mode == "train":
+        if x.size == 0:
+            # The mean of nothing is NaN, and it would be written into the running stats.
+            raise ValueError(f"batchnorm in 'train' mode needs a non-empty batch, got x of "
+                             f"shape {x.shape}")
         mean = x.mean(axis=axes, keepdims=True)
         x_centered = x - mean
         var = (x_centered * x_centered).mean(axis=axes, keepdims=True)
@@ -221,6 +230,7 @@ def batchnorm_backward(dout, cache):
     """
     _require_train_cache(cache)
     axes, x_centered, inv_std, xhat, gamma = cache
+    dout = check_dout(dout, xhat.shape)
     M = dout.size // inv_std.size  # values per statistic
     dbeta = dout.sum(axis=axes)
     dgamma = (dout * xhat).sum(axis=axes)
@@ -241,6 +251,7 @@ def batchnorm_backward_alt(dout, cache):
     """Backward through batchnorm in one closed-form expression (same result, fewer passes)."""
     _require_train_cache(cache)
     axes, _, inv_std, xhat, gamma = cache
+    dout = check_dout(dout, xhat.shape)
     M = dout.size // inv_std.size  # values per statistic
     dbeta = dout.sum(axis=axes, keepdims=True)
     dgamma = (dout * xhat).sum(axis=axes, keepdims=True)
@@ -269,6 +280,7 @@ def layernorm_forward(x, gamma, beta, ln_param):
 def layernorm_backward(dout, cache):
     """Returns dx (N, D), dgamma (D,), dbeta (D,)."""
     inv_std, xhat, gamma = cache
+    dout = check_dout(dout, xhat.shape)
     dbeta = dout.sum(axis=0)
     dgamma = (dout * xhat).sum(axis=0)
     dx = _normalize_backward(dout * gamma, xhat, inv_std, axis=1)
@@ -312,6 +324,7 @@ def spatial_groupnorm_forward(x, gamma, beta, G, gn_param):
 def spatial_groupnorm_backward(dout, cache):
     """Returns dx (N, C, H, W), dgamma (1, C, 1, 1), dbeta (1, C, 1, 1)."""
     G, inv_std, xhat, gamma = cache
+    dout = check_dout(dout, xhat.shape)
     N = dout.shape[0]
     dbeta = dout.sum(axis=(0, 2, 3), keepdims=True)
     dgamma = (dout * xhat).sum(axis=(0, 2, 3), keepdims=True)
@@ -347,8 +360,9 @@ def dropout_forward(x, dropout_param):
 
 
 def dropout_backward(dout, cache):
+    """dout: the forward output's shape. Returns dx (the identity in test mode)."""
     _, mask = cache
-    return dout if mask is None else dout * mask
+    return dout if mask is None else check_dout(dout, mask.shape) * mask
 
 
 # ----------------------------------------------------------------------------- convolution
@@ -383,9 +397,9 @@ def conv_forward_naive(x, w, b, conv_param):
 def conv_backward_naive(dout, cache):
     """dout: (N, F, H', W'). Returns dx (N, C, H, W), dw (F, C, HH, WW), db (F,) or None."""
     x, w, b, conv_param = cache
-    stride, pad = conv_param["stride"], conv_param["pad"]
+    stride, pad, H_out, W_out = check_conv_operands(x, w, b, conv_param)
     _, _, HH, WW = w.shape
-    _, _, H_out, W_out = dout.shape
+    dout = check_dout(dout, (x.shape[0], w.shape[0], H_out, W_out))
     x_pad = _pad_spatial(x, pad)
     dx_pad = np.zeros_like(x_pad)
     dw = np.zeros_like(w)
@@ -425,6 +439,7 @@ def max_pool_backward_naive(dout, cache):
     x, pool_param = cache
     ph, pw, stride, H_out, W_out = check_pool_input(x, pool_param)
     N, C = x.shape[:2]
+    dout = check_dout(dout, (N, C, H_out, W_out))
     dx = np.zeros_like(x)
     for i in range(H_out):
         for j in range(W_out):
@@ -454,8 +469,9 @@ def avg_pool_backward_naive(dout, cache):
     """Spreads each output gradient evenly over its window. Returns dx."""
     x_shape, dtype, pool_param = cache
     ph, pw, stride = pool_param["pool_height"], pool_param["pool_width"], pool_param["stride"]
+    H_out, W_out = pool_output_size(x_shape[2], x_shape[3], ph, pw, stride)
+    dout = check_dout(dout, (*x_shape[:2], H_out, W_out))
     dx = np.zeros(x_shape, dtype=dtype)
-    _, _, H_out, W_out = dout.shape
     for i in range(H_out):
         for j in range(W_out):
             share = dout[:, :, i, j][:, :, None, None] / (ph * pw)
@@ -472,4 +488,5 @@ def global_avg_pool_forward(x):
 def global_avg_pool_backward(dout, cache):
     """dout: (N, C). Returns dx (N, C, H, W)."""
     N, C, H, W = cache
+    dout = check_dout(dout, (N, C))
     return np.broadcast_to((dout / (H * W))[:, :, None, None], (N, C, H, W)).copy()

@@ -9,20 +9,29 @@ hyperparameter search build a RunConfig and call ``run``; nothing else trains fr
 
 import csv
 import dataclasses
+import fcntl
 import json
 import os
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import partial
 
 import numpy as np
 
+from convlab import optim
+from convlab._checks import check_count
 from convlab.callbacks import Checkpoint, Curves, MetricsCSV
 from convlab.classifiers import ConvNet, FullyConnectedNet, ThreeLayerConvNet
-from convlab.data import load_dataset, random_crop_flip
-from convlab.serialization import save_model
+from convlab.classifiers.convnet_layers import expand_spec, parse_layer
+from convlab.data import SOURCES, load_dataset, random_crop_flip
+from convlab.schedules import SCHEDULES
+from convlab.serialization import remove_stale_temporaries, save_model
 from convlab.solver import Solver
 
-__all__ = ["RunConfig", "RunDir", "build_model", "run"]
+__all__ = ["RESUMABLE", "RunConfig", "RunDir", "build_model", "run"]
+
+# What a resumed run may change: the rest decides what the checkpoint's numbers mean.
+RESUMABLE = ("epochs",)
 
 # Keys of config.json files written before RunConfig existed (the CLI's flags); they are
 # run options, not configuration, and are dropped when such a file is read.
@@ -69,6 +78,39 @@ class RunConfig:
 
     def to_dict(self):
         return dataclasses.asdict(self)
+
+    def validate(self):
+        """Check everything that needs no data (names, sizes, the architecture string), so a
+        mistake fails in milliseconds instead of after loading; ValueError/TypeError say what
+        was expected, FileNotFoundError names a data path that does not exist."""
+        if self.data not in SOURCES and not os.path.exists(self.data):
+            raise FileNotFoundError(
+                f"data {self.data!r} is neither one of {', '.join(SOURCES)} nor an existing "
+                "image folder or archive"
+            )
+        if self.model not in ("fc", "threelayer"):
+            for token in expand_spec(ConvNet.PRESETS.get(self.model, self.model)):
+                parse_layer(token)
+        choices = {
+            "normalization": ("none", "batchnorm", "layernorm"),
+            "update_rule": tuple(optim.UPDATE_RULES),
+            "lr_schedule": ("none", *SCHEDULES),
+            "dtype": ("float32", "float64"),
+        }
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{name} must be one of {', '.join(allowed)}, "
+                                 f"got {getattr(self, name)!r}")
+        check_count("batch_size", self.batch_size, allow_zero=False)
+        check_count("epochs", self.epochs)
+        for size in self.builtin_size:
+            check_count("builtin_size", size)
+        if self.num_train is not None:
+            check_count("num_train", self.num_train, allow_zero=False)
+        for name in ("lr", "reg", "weight_decay", "lr_decay"):
+            if not float(getattr(self, name)) >= 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)!r}")
+        return self
 
     @classmethod
     def from_dict(cls, values):
@@ -119,8 +161,18 @@ def build_model(config, input_shape, num_classes):
     return ConvNet(config.model, input_dim=input_shape, **common)
 
 
+class RunDirBusy(ValueError):
+    """Another process is writing this run directory."""
+
+
 class RunDir:
-    """A run's directory and the files in it."""
+    """A run's directory and the files in it.
+
+    ``with run_dir.lock():`` holds an exclusive lock (flock on ``.lock``, which holds the
+    owner's pid) while a run writes the directory: a second process is refused with an error
+    naming the owner, and the lock vanishes with its process, so a killed run leaves no
+    stale lock behind.
+    """
 
     NAMES = ("config.json", "checkpoint.npz", "metrics.csv", "curves.png", "model.npz")
 
@@ -128,6 +180,32 @@ class RunDir:
         self.path = os.fspath(path)
         for name in self.NAMES:
             setattr(self, name.replace(".", "_"), os.path.join(self.path, name))
+        self.lock_path = os.path.join(self.path, ".lock")
+
+    @contextmanager
+    def lock(self):
+        os.makedirs(self.path, exist_ok=True)
+        fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o666)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                owner = os.pread(fd, 32, 0).decode("ascii", "replace").strip() or "unknown"
+                raise RunDirBusy(
+                    f"{self.path} is in use by another run (process {owner}); wait for it "
+                    "to finish or choose another --out"
+                ) from None
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+            # Only a killed writer leaves temporaries, and none can be writing now.
+            remove_stale_temporaries(self.path)
+            yield self
+        finally:
+            os.close(fd)  # releases the lock
+
+    def existing(self):
+        """Names of the run files already in the directory."""
+        return [name for name in self.NAMES if os.path.exists(os.path.join(self.path, name))]
 
     def write_config(self, config):
         os.makedirs(self.path, exist_ok=True)
@@ -143,11 +221,17 @@ class RunDir:
         with open(self.config_json) as f:
             return RunConfig.from_json(f.read())
 
-    def start_fresh(self):
-        """Remove the checkpoint and metrics of an earlier run in this directory."""
-        for path in (self.checkpoint_npz, self.metrics_csv):
-            if os.path.exists(path):
-                os.remove(path)
+    def start_fresh(self, force=False):
+        """Make the directory ready for a new run. A directory holding an earlier run is
+        refused (FileExistsError) unless ``force``, which deletes that run's files."""
+        found = self.existing()
+        if found and not force:
+            raise FileExistsError(
+                f"{self.path} already holds a run ({', '.join(found)}); continue it with "
+                "--resume, replace it with --force, or choose another --out"
+            )
+        for name in found:
+            os.remove(os.path.join(self.path, name))
 
     def truncate_metrics(self, up_to_epoch):
         """Keep the metrics rows of epochs <= up_to_epoch (a resumed run rewrites later
@@ -165,12 +249,16 @@ class RunDir:
         return float(rows[-1]["elapsed_s"]) if rows else 0.0
 
 
-def run(config, out="runs/latest", resume=False, verbose=True, callbacks=()):
+def run(config, out="runs/latest", resume=False, force=False, verbose=True, callbacks=()):
     """Train the run ``config`` describes, writing its directory ``out``.
 
-    resume=True continues the run in ``out`` from its checkpoint (``config`` None reads it
-    from ``out/config.json``; the saved configuration is what the run continues with).
-    ``callbacks`` are extra Solver callbacks (e.g. to report each epoch to a tuner).
+    A new run refuses a directory that holds an earlier run unless ``force=True`` (which
+    deletes that run's files). ``resume=True`` continues the run in ``out`` from its
+    checkpoint with its saved configuration; ``config`` may then be None, or a RunConfig
+    that differs from the saved one only in the fields in RESUMABLE (e.g. more epochs:
+    the learning-rate schedule then spans the new length). While it runs, ``out`` is locked
+    against other processes. ``callbacks`` are extra Solver callbacks (e.g. to report each
+    epoch to a tuner).
 
     Returns a dict: ``best_val_acc``, ``test_acc`` (None without a test split),
     ``epochs`` (completed), ``elapsed_s``, ``history`` (loss_history, train_acc_history,
@@ -178,10 +266,40 @@ def run(config, out="runs/latest", resume=False, verbose=True, callbacks=()):
     KeyboardInterrupt.
     """
     run_dir = RunDir(out)
-    if resume:
-        config = run_dir.read_config()
-    elif not isinstance(config, RunConfig):
+    if config is not None and not isinstance(config, RunConfig):
         raise TypeError(f"config must be a RunConfig, got {type(config).__name__}")
+    if not resume and config is None:
+        raise TypeError("a new run needs a RunConfig")
+    if resume:
+        config = _resumed_config(run_dir, config)
+    config.validate()
+    with run_dir.lock():
+        if resume and not os.path.exists(run_dir.checkpoint_npz):
+            raise FileNotFoundError(f"no checkpoint to resume in {run_dir.path}")
+        if not resume:
+            run_dir.start_fresh(force)
+        run_dir.write_config(config)
+        return _train(config, run_dir, resume, verbose, callbacks)
+
+
+def _resumed_config(run_dir, requested):
+    saved = run_dir.read_config()
+    if requested is None:
+        return saved
+    changed = {name: (old, getattr(requested, name)) for name, old in saved.to_dict().items()
+               if getattr(requested, name) != old}
+    refused = {name: pair for name, pair in changed.items() if name not in RESUMABLE}
+    if refused:
+        detail = "; ".join(f"{name}: saved {old!r}, asked {new!r}"
+                           for name, (old, new) in refused.items())
+        raise ValueError(
+            f"--resume continues the run in {run_dir.path} as it was configured and cannot "
+            f"change {detail}. A resumed run may change only: {', '.join(RESUMABLE)}"
+        )
+    return requested
+
+
+def _train(config, run_dir, resume, verbose, callbacks):
     say = print if verbose else (lambda *args: None)
 
     data = load_dataset(config.data, sizes=config.builtin_size, seed=config.seed,
@@ -221,9 +339,6 @@ def run(config, out="runs/latest", resume=False, verbose=True, callbacks=()):
         solver.load(run_dir.checkpoint_npz)
         metrics.elapsed_offset = run_dir.truncate_metrics(solver.epoch)
         say(f"Resuming from epoch {solver.epoch} of {config.epochs}")
-    else:
-        run_dir.write_config(config)
-        run_dir.start_fresh()
 
     try:
         solver.train()

@@ -9,10 +9,53 @@ destroys the previous good file.
 import json
 import os
 import tempfile
+import zipfile
 
 import numpy as np
 
 META_KEY = "__meta__"
+TMP_PREFIX = ".tmp-"  # temporary files of atomic_savez, beside their target
+
+
+def _umask():
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def remove_stale_temporaries(directory):
+    """Delete the temporary files atomic_savez left in ``directory`` when a process was
+    killed mid-write; returns how many. Call it only while no other writer uses the
+    directory (e.g. under a RunDir lock)."""
+    removed = 0
+    for name in os.listdir(directory):
+        if name.startswith(TMP_PREFIX) and name.endswith(".npz"):
+            os.remove(os.path.join(directory, name))
+            removed += 1
+    return removed
+
+
+def _check_npz_sizes(path):
+    """Every array in the .npz must declare exactly the bytes its member holds, so a
+    hostile header (a huge shape over a few bytes) cannot make np.load allocate."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            for info in archive.infolist():
+                with archive.open(info) as member:
+                    version = np.lib.format.read_magic(member)
+                    if version == (1, 0):
+                        header = np.lib.format.read_array_header_1_0(member)
+                    else:
+                        header = np.lib.format.read_array_header_2_0(member)
+                    shape, _, dtype = header
+                    declared = int(np.prod(shape, dtype=np.float64)) * dtype.itemsize
+                    if declared != info.file_size - member.tell():
+                        raise ValueError(
+                            f"array {info.filename!r} declares shape {shape} of {dtype} "
+                            f"({declared} bytes) but holds {info.file_size - member.tell()}"
+                        )
+    except (zipfile.BadZipFile, OSError, EOFError) as err:
+        raise ValueError(f"{path} is not a readable convlab .npz file: {err}") from err
 
 
 def atomic_savez(path, arrays, meta):
@@ -22,8 +65,11 @@ def atomic_savez(path, arrays, meta):
     os.makedirs(directory, exist_ok=True)
     payload = dict(arrays)
     payload[META_KEY] = np.array(json.dumps(meta))
-    fd, tmp_path = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=".npz")
+    fd, tmp_path = tempfile.mkstemp(dir=directory, prefix=TMP_PREFIX, suffix=".npz")
     try:
+        # mkstemp creates the file readable by its owner only; a saved model should get the
+        # permissions any other file the user creates gets.
+        os.fchmod(fd, 0o666 & ~_umask())
         with os.fdopen(fd, "wb") as f:
             np.savez(f, **payload)
             f.flush()
@@ -41,13 +87,20 @@ def load_npz(path):
     if not os.path.exists(path):
         raise FileNotFoundError(f"no such file: {path}")
     try:
+        _check_npz_sizes(path)
         with np.load(path, allow_pickle=False) as data:
             arrays = {name: data[name] for name in data.files}
     except (OSError, ValueError, EOFError) as err:
         raise ValueError(f"{path} is not a readable convlab .npz file: {err}") from err
     if META_KEY not in arrays:
         raise ValueError(f"{path} has no convlab metadata; was it written by convlab?")
-    return arrays, json.loads(str(arrays.pop(META_KEY)))
+    try:
+        meta = json.loads(str(arrays.pop(META_KEY)))
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path} has corrupt convlab metadata: {err}") from None
+    if not isinstance(meta, dict):
+        raise ValueError(f"{path} has corrupt convlab metadata (not a JSON object)")
+    return arrays, meta
 
 
 def _model_classes():
@@ -74,6 +127,14 @@ def load_model(path):
     classes = _model_classes()
     if meta.get("class") not in classes:
         raise ValueError(f"{path} names unknown model class {meta.get('class')!r}")
-    model = classes[meta["class"]](**meta["init_args"])
+    init_args = meta.get("init_args")
+    if not isinstance(init_args, dict):
+        raise ValueError(f"{path} has no constructor arguments (init_args) for its model")
+    try:
+        model = classes[meta["class"]](**init_args)
+    except TypeError as err:
+        raise ValueError(
+            f"{path} holds constructor arguments its model does not take: {err}"
+        ) from None
     model.load_state_dict(arrays)
     return model

@@ -11,6 +11,7 @@ import threading
 import numpy as np
 
 from convlab import optim
+from convlab._checks import check_labels
 from convlab.callbacks import Checkpoint, LambdaCallback, ProgressBar
 from convlab.schedules import SCHEDULES, make_schedule
 from convlab.serialization import atomic_savez, load_npz
@@ -93,6 +94,10 @@ class Solver:
                 raise ValueError(f"X_{split} has {len(X)} examples but y_{split} has {len(y)}")
         if len(self.X_train) == 0:
             raise ValueError("X_train is empty")
+        # Labels outside the model's classes would silently count as mistakes.
+        num_classes = getattr(model, "num_classes", None)
+        self.y_train = check_labels(self.y_train, len(self.X_train), num_classes, "y_train")
+        self.y_val = check_labels(self.y_val, len(self.X_val), num_classes, "y_val")
         unknown = set(kwargs) - set(_DEFAULTS)
         if unknown:
             raise ValueError(f"Unrecognized arguments {', '.join(sorted(unknown))}")

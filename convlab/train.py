@@ -8,14 +8,21 @@ images of each class are held out for validation).
 The output directory receives ``config.json`` (the run's arguments), ``checkpoint.npz``
 (full training state, rewritten atomically after every epoch and on Ctrl-C),
 ``metrics.csv`` (one row per epoch), ``curves.png`` (loss and accuracy) and, at the end,
-``model.npz`` (load it with ``convlab.load_model``). ``--resume`` continues a run from its
-checkpoint with its saved configuration, to the same final numbers as an uninterrupted run.
+``model.npz`` (load it with ``convlab.load_model``).
+
+Run directories are never lost or mixed: while a run writes ``--out`` it holds a lock
+(a second run there is refused, naming the process; a killed run's lock dies with it), a new
+run refuses a directory holding an earlier run unless ``--force`` is given, and ``--resume``
+continues a run from its checkpoint with its saved configuration, to the same final numbers
+as an uninterrupted run. On resume only ``--epochs`` may change (more epochs extend the
+learning-rate schedule); any other changed option is refused, not ignored. Expected
+failures print one line on stderr and exit with status 2.
 """
 
 import argparse
 import sys
 
-from convlab.run import RunConfig, run
+from convlab.run import RunConfig, RunDir, run
 from convlab.schedules import SCHEDULES
 
 
@@ -66,7 +73,10 @@ def build_parser():
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="runs/latest", help="output directory")
     p.add_argument("--resume", action="store_true",
-                   help="continue the run in --out from its checkpoint")
+                   help="continue the run in --out from its checkpoint, with its saved "
+                        "configuration; of the other options only --epochs may change")
+    p.add_argument("--force", action="store_true",
+                   help="start a new run in --out even if it holds one (deleting that run)")
     p.add_argument("--quiet", action="store_true", help="no progress bar or per-iteration lines")
     return p
 
@@ -76,20 +86,37 @@ def config_from_args(args):
     return RunConfig.from_dict({name: getattr(args, name) for name in RunConfig().to_dict()})
 
 
+def explicit_options(parser, argv):
+    """The RunConfig fields given on the command line (not left at their defaults)."""
+    for action in parser._actions:
+        action.default = argparse.SUPPRESS
+    given = vars(parser.parse_args(argv))
+    return {name: value for name, value in given.items() if name in RunConfig().to_dict()}
+
+
 def main(argv=None):
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        # --resume continues with the configuration the run started with (config.json), so
-        # it ends where it would have.
-        config = None if args.resume else config_from_args(args)
-        results = run(config, out=args.out, resume=args.resume, verbose=not args.quiet)
+        if args.resume:
+            # The saved configuration, with the changes a resumed run accepts; run() refuses
+            # any other change instead of silently ignoring it.
+            saved = RunDir(args.out).read_config().to_dict()
+            config = RunConfig.from_dict({**saved, **explicit_options(build_parser(), argv)})
+        else:
+            config = config_from_args(args)
+        results = run(config, out=args.out, resume=args.resume, force=args.force,
+                      verbose=not args.quiet)
     except KeyboardInterrupt:
         print(f"\nInterrupted; state saved to {args.out}/checkpoint.npz."
               f"\nContinue with: convlab-train --out {args.out} --resume")
         return 130
-    except (FileNotFoundError, ValueError) as err:
-        print(f"convlab-train: error: {err}", file=sys.stderr)
+    except (OSError, ValueError, TypeError, FloatingPointError) as err:
+        # Expected failures (bad options or data, a busy or full output directory, a
+        # diverging run) are one line, not a traceback.
+        message = str(err) if not isinstance(err, OSError) or not err.filename else (
+            f"{err.strerror}: {err.filename}")
+        print(f"convlab-train: error: {message}", file=sys.stderr)
         return 2
     print(f"Best validation accuracy: {results['best_val_acc']:.4f}")
     if results["test_acc"] is None:

@@ -616,7 +616,8 @@ def test_load_image_folder_tar(tmp_path, suffix, mode):
 def test_load_image_folder_converts_modes(tmp_path):
     rng = np.random.default_rng(3)
     arr = _rand_img(rng)
-    (tmp_path / "a").mkdir()
+    tmp_path = tmp_path / "images"  # beside the fixture's empty home/ folder
+    (tmp_path / "a").mkdir(parents=True)
     (tmp_path / "b").mkdir()
     (tmp_path / "a" / "gray.png").write_bytes(_encode(arr, "PNG", mode="L"))
     (tmp_path / "b" / "rgba.png").write_bytes(_encode(arr, "PNG", mode="RGBA"))
@@ -650,8 +651,9 @@ def test_load_image_folder_corrupt_image_named(tmp_path):
 
 def test_load_image_folder_size_mismatch_and_resize(tmp_path):
     rng = np.random.default_rng(0)
+    tmp_path = tmp_path / "images"  # beside the fixture's empty home/ folder
     for cls in ("a", "b"):
-        (tmp_path / cls).mkdir()
+        (tmp_path / cls).mkdir(parents=True)
     (tmp_path / "a" / "1.png").write_bytes(_encode(_rand_img(rng, 8, 6), "PNG"))
     (tmp_path / "b" / "odd.png").write_bytes(_encode(_rand_img(rng, 5, 7), "PNG"))
     with pytest.raises(ValueError, match="odd.png"):

@@ -8,7 +8,7 @@ augmentation, behind one entry point, :func:`load_dataset`.
 | download       | download_CIFAR10 (streamed, MD5-verified, atomic)                 |
 | safe_pickle    | the restricted unpickler the CIFAR batches go through             |
 | image_folder   | load_image_folder (directories and tarballs)                      |
-| preprocess     | split_per_class, preprocess_images                                |
+| preprocess     | split_per_class, stratified_subset, preprocess_images             |
 | builtin        | make_builtin_images, load_builtin_dataset                         |
 | augment        | random_crop_flip, random_crop, random_flip                        |
 
@@ -31,7 +31,7 @@ from convlab.data.cifar10 import (
 )
 from convlab.data.download import download_CIFAR10
 from convlab.data.image_folder import IMG_EXTENSIONS, load_image_folder
-from convlab.data.preprocess import preprocess_images, split_per_class
+from convlab.data.preprocess import preprocess_images, split_per_class, stratified_subset
 from convlab.data.sources import SOURCES, load_dataset
 
 __all__ = [
@@ -58,4 +58,5 @@ __all__ = [
     "random_crop_flip",
     "random_flip",
     "split_per_class",
+    "stratified_subset",
 ]

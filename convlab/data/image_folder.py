@@ -1,14 +1,22 @@
 """Image folders: ``root/<class>/<image>`` trees, or a ``.tar``/``.tar.gz`` of one."""
 
+import gzip
 import io
 import os
 import tarfile
+import zlib
 from pathlib import Path, PurePosixPath
 
 import numpy as np
 
 #: File-name suffixes recognised as images by :func:`load_image_folder` (case-insensitive).
 IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".pgm", ".bmp", ".tif", ".tiff", ".webp")
+
+#: Largest image accepted, in pixels (checked from the header, before decoding): a few
+#: hundred kilobytes of PNG can decode to gigabytes.
+MAX_IMAGE_PIXELS = 4096 * 4096
+#: Largest image file accepted inside an archive, in bytes (read before decoding).
+MAX_MEMBER_BYTES = 64 << 20
 
 
 def _is_image_name(name):
@@ -20,40 +28,63 @@ def _skip_part(part):
 
 
 def _collect_from_dir(root):
-    entries = []
+    """``(image entries [(parts, path)], the directory paths under root)``."""
+    entries, directories = [], set()
     for dirpath, dirnames, filenames in os.walk(root):
-        dirnames[:] = [d for d in dirnames if not _skip_part(d)]
+        dirnames[:] = sorted(d for d in dirnames if not _skip_part(d))
         rel = Path(dirpath).relative_to(root).parts
+        if rel:
+            directories.add(rel)
         for fn in filenames:
             if _skip_part(fn) or not _is_image_name(fn):
                 continue
             full = os.path.join(dirpath, fn)
             entries.append((rel + (fn,), full))
-    return entries
+    return entries, directories
 
 
 def _collect_from_tar(path):
-    """Read every image member of a tar archive into memory: list of (parts, bytes)."""
-    entries = []
+    """Read a tar archive in one sequential pass: ``(image entries [(parts, bytes)], the
+    directory paths it names)``. A gzip archive is read through gzip.GzipFile to its very
+    end, which verifies the CRC of everything read (tarfile's own stream reader does not)."""
+    entries, directories = [], set()
+    with open(path, "rb") as raw:
+        gzipped = raw.read(2) == b"\x1f\x8b"
     try:
-        with tarfile.open(path, "r|*") as tf:  # streaming: one sequential pass
+        with (gzip.open(path) if gzipped else open(path, "rb")) as stream, tarfile.open(
+            fileobj=stream, mode="r|" if gzipped else "r|*"
+        ) as tf:
             for m in tf:
-                if not m.isfile():
-                    continue
                 parts = tuple(p for p in PurePosixPath(m.name).parts if p not in ("", ".", "/"))
                 if not parts or any(_skip_part(p) for p in parts) or ".." in parts:
                     continue
-                if not _is_image_name(parts[-1]):
+                directories.update(parts[:i] for i in range(1, len(parts) + (m.isdir())))
+                if not m.isfile() or not _is_image_name(parts[-1]):
                     continue
-                f = tf.extractfile(m)
-                entries.append((parts, f.read()))
-    except (tarfile.TarError, EOFError, OSError) as e:
+                if m.size > MAX_MEMBER_BYTES:
+                    raise ValueError(f"{m.name!r} in {path} is {m.size} bytes; images larger "
+                                     f"than {MAX_MEMBER_BYTES} bytes are refused")
+                entries.append((parts, tf.extractfile(m).read()))
+            while stream.read(1 << 20):  # to the end, so the gzip trailer is checked
+                pass
+    except (tarfile.TarError, EOFError, OSError, zlib.error) as e:
         raise ValueError(f"{path} is not a readable tar archive: {e}") from e
-    return entries
+    return entries, directories
 
 
-def _resolve_layout(entries, source):
-    """Map ``(parts, payload)`` entries to ``(class_name, display_name, payload)``."""
+def _is_tar(path):
+    """tarfile.is_tarfile, but a corrupt compressed stream is "not a tar" instead of an
+    exception."""
+    try:
+        return tarfile.is_tarfile(path)
+    except (OSError, EOFError, zlib.error):
+        return False
+
+
+def _resolve_layout(entries, directories, source):
+    """Map ``(parts, payload)`` entries to ``(class_name, display_name, payload)``; every
+    directory beside the class directories must hold images too (an empty one would be
+    dropped and every later class would shift down one label)."""
     depths = {len(parts) for parts, _ in entries}
     if len(depths) > 1:
         by_depth = {}
@@ -77,6 +108,15 @@ def _resolve_layout(entries, source):
             f"class directories in {source} sit under different parent directories "
             f"({examples}); expected a single <root>/<class>/<image> tree"
         )
+    prefix = prefixes.pop()
+    classes = {parts[-2] for parts, _ in entries}
+    empty = sorted(d[-1] for d in directories if len(d) == len(prefix) + 1
+                   and d[:-1] == prefix and d[-1] not in classes)
+    if empty:
+        raise ValueError(
+            f"class folder(s) {', '.join(map(repr, empty))} in {source} hold no images; "
+            "remove them or add images (classes are numbered by their sorted folder names)"
+        )
     return [(parts[-2], "/".join(parts), payload) for parts, payload in entries]
 
 
@@ -86,6 +126,9 @@ def _decode_image(payload, display, source, size):
     try:
         data = payload if isinstance(payload, bytes) else Path(payload).read_bytes()
         with Image.open(io.BytesIO(data)) as im:
+            if im.width * im.height > MAX_IMAGE_PIXELS:  # from the header: nothing decoded
+                raise ValueError(f"{im.width}x{im.height} pixels exceed the limit of "
+                                 f"{MAX_IMAGE_PIXELS} (MAX_IMAGE_PIXELS)")
             im.load()
             out = im if im.mode == "RGB" else im.convert("RGB")
             if size is not None and out.size != (size[1], size[0]):
@@ -137,9 +180,9 @@ def load_image_folder(path, image_size=None):
     if not p.exists():
         raise FileNotFoundError(f"image folder or archive not found: {source!r}")
     if p.is_dir():
-        entries = _collect_from_dir(p)
-    elif tarfile.is_tarfile(p):
-        entries = _collect_from_tar(p)
+        entries, directories = _collect_from_dir(p)
+    elif _is_tar(p):
+        entries, directories = _collect_from_tar(p)
     else:
         raise ValueError(
             f"{source!r} is neither a directory nor a tar archive (.tar, .tar.gz, .tgz)"
@@ -149,7 +192,7 @@ def load_image_folder(path, image_size=None):
             f"no image files ({', '.join(IMG_EXTENSIONS)}) found in {source!r}; expected "
             "<root>/<class>/<image>"
         )
-    items = _resolve_layout(entries, repr(source))
+    items = _resolve_layout(entries, directories, repr(source))
     items.sort(key=lambda t: (t[0], t[1]))
     class_names = sorted({c for c, _, _ in items})
     class_index = {c: i for i, c in enumerate(class_names)}

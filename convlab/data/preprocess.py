@@ -109,3 +109,23 @@ def preprocess_images(X, mean=None, std=None, dtype=np.float32):
         ob *= scale[:, None, None]
         ob -= shift[:, None, None]
     return out, mean.astype(dt), std.astype(dt)
+
+
+def stratified_subset(y, n, seed=0):
+    """Sorted indices of ``n`` of the examples labelled ``y (N,)``, drawn at random within
+    each class so that every class keeps its share (largest remainders get the leftover
+    places). Taking the first n instead would, on data stored class by class, keep only
+    the first classes. n >= N returns every index."""
+    y = np.asarray(y)
+    n = check_count("n", n, allow_zero=False)
+    if n >= len(y):
+        return np.arange(len(y))
+    rng = np.random.default_rng(seed)
+    classes, counts = np.unique(y, return_counts=True)
+    share = counts * n / len(y)
+    quota = np.floor(share).astype(np.int64)
+    leftover = np.argsort(quota - share, kind="stable")[: n - quota.sum()]
+    quota[leftover] += 1
+    picks = [rng.choice(np.flatnonzero(y == c), q, replace=False)
+             for c, q in zip(classes, quota, strict=True)]
+    return np.sort(np.concatenate(picks))

@@ -50,12 +50,45 @@ def _safe_codecs_encode(obj, encoding="utf-8", *args):
     return obj.encode("latin-1")
 
 
+class _UnpickledArray(np.ndarray):
+    """Stands in for ``numpy.ndarray`` in a pickle. A pickled array names the class only as
+    the type for ``_reconstruct`` to create (an empty array that ``__setstate__`` then
+    fills, after checking that the bytes match the shape). Calling it is refused: the
+    ndarray constructor can wrap a few bytes in a zero-stride view of any size, and the
+    first copy of that view would allocate it."""
+
+    def __new__(cls, *args, **kwargs):
+        raise pickle.UnpicklingError("refusing to call numpy.ndarray(...) from a pickle")
+
+
+def _guarded_reconstruct(reconstruct):
+    def _reconstruct(subtype, shape, dtype):
+        # NumPy always pickles the empty (0,) placeholder that __setstate__ fills; any other
+        # shape would be allocated before a single byte of data is checked.
+        if subtype is not _UnpickledArray or tuple(shape) != (0,):
+            raise pickle.UnpicklingError(f"refusing to reconstruct an array of shape {shape}")
+        return reconstruct(subtype, shape, dtype)
+
+    return _reconstruct
+
+
+def _plain_arrays(obj):
+    """The unpickled object with every _UnpickledArray turned into a plain ndarray view."""
+    if isinstance(obj, np.ndarray):
+        return obj.view(np.ndarray)
+    if isinstance(obj, dict):
+        return {key: _plain_arrays(value) for key, value in obj.items()}
+    if isinstance(obj, list):
+        return [_plain_arrays(value) for value in obj]
+    return obj
+
+
 def _safe_globals():
-    reconstruct = _reconstruct_function()
+    reconstruct = _guarded_reconstruct(_reconstruct_function())
     frombuffer = _frombuffer_function()
     scalar = _scalar_function()
     table = {
-        ("numpy", "ndarray"): np.ndarray,
+        ("numpy", "ndarray"): _UnpickledArray,
         ("numpy", "dtype"): _safe_dtype,
         ("_codecs", "encode"): _safe_codecs_encode,
     }
@@ -90,4 +123,4 @@ class _RestrictedUnpickler(pickle.Unpickler):
 def safe_load(file):
     """Unpickle one object from the binary ``file`` with the restricted unpickler
     (byte strings stay bytes, as in the Python 2 pickles of the official batches)."""
-    return _RestrictedUnpickler(file).load()
+    return _plain_arrays(_RestrictedUnpickler(file).load())

@@ -8,11 +8,11 @@ code never needs to know where the images came from.
 
 import numpy as np
 
-from convlab._checks import check_count, check_float_dtype
+from convlab._checks import check_float_dtype
 from convlab.data.builtin import load_builtin_dataset
 from convlab.data.cifar10 import CIFAR10_CLASS_NAMES, find_CIFAR10_dir, get_CIFAR10_data
 from convlab.data.image_folder import load_image_folder
-from convlab.data.preprocess import preprocess_images, split_per_class
+from convlab.data.preprocess import preprocess_images, split_per_class, stratified_subset
 
 SOURCES = ("auto", "builtin", "cifar10")
 DESCRIPTIONS = {"builtin": "built-in shapes dataset", "cifar10": "CIFAR-10"}
@@ -42,7 +42,8 @@ def load_dataset(source="auto", sizes=None, seed=0, dtype=np.float32, cifar10_di
     - cifar10_dir: where to look for CIFAR-10 first (see find_CIFAR10_dir).
     - val_per_class: images per class an image folder holds out for validation (its last
       ones in file-name order).
-    - num_train: keep only the first num_train training examples (None keeps all).
+    - num_train: keep num_train training examples, drawn per class (stratified_subset with
+      ``seed``) so every class keeps its share; None keeps all.
 
     Returns a dict with ``X_train (N, C, H, W)``, ``y_train (N,)``, ``X_val``, ``y_val``,
     ``X_test`` and ``y_test`` when the source has a test split, ``class_names`` (list of
@@ -66,9 +67,9 @@ def load_dataset(source="auto", sizes=None, seed=0, dtype=np.float32, cifar10_di
         data = {"X_train": X_train, "y_train": y_train, "X_val": X_val, "y_val": y_val,
                 "class_names": class_names}
     if num_train is not None:
-        num_train = check_count("num_train", num_train, allow_zero=False)
-        data["X_train"] = data["X_train"][:num_train]
-        data["y_train"] = data["y_train"][:num_train]
+        keep = stratified_subset(data["y_train"], num_train, seed)
+        data["X_train"] = data["X_train"][keep]
+        data["y_train"] = data["y_train"][keep]
     data["source"] = name if name in DESCRIPTIONS else "folder"
     data["description"] = DESCRIPTIONS.get(name, f"image folder {name}")
     return data
