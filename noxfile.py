@@ -59,7 +59,8 @@ def _run_suite(session, threads, *pins):
         session.run("python", "-c", "import convlab, numpy; print('convlab from', "
                     "convlab.__file__, 'with NumPy', numpy.__version__)")
         session.run("pytest", "-c", os.path.join(root, "pyproject.toml"), "--rootdir", root,
-                    "-p", "no:cacheprovider", os.path.join(root, "tests"), env=env)
+                    "-p", "no:cacheprovider", "-m", "not readme", os.path.join(root, "tests"),
+                    env=env)
     shutil.rmtree(scratch, ignore_errors=True)
 
 

@@ -44,22 +44,27 @@ class LambdaCallback(Callback):
 
 
 class ProgressBar(Callback):
-    """A tqdm bar over the run's iterations with the last loss; the Solver's printed lines
-    go above it (tqdm.write)."""
+    """A tqdm bar per epoch with the last loss; its rate and ETA come from training steps
+    only (the bar closes before the epoch's evaluation). tqdm.auto gives a widget in Jupyter;
+    when the output is not a terminal the bar is left out (disable=None), so logs stay clean.
+    The Solver's printed lines go above it (tqdm.write)."""
 
     def __init__(self):
         self.bar = None
 
-    def on_train_begin(self, solver):
-        # Imported here: tqdm.auto warns inside Jupyter without ipywidgets even when unused.
-        from tqdm.auto import tqdm
-
-        self.bar = tqdm(total=solver.num_iterations, initial=solver.iteration, unit="it",
-                        leave=False)
-
     def on_step_end(self, solver):
+        if self.bar is None:
+            # Imported here: tqdm.auto warns inside Jupyter without ipywidgets even when unused.
+            from tqdm.auto import tqdm
+
+            per_epoch = solver.iterations_per_epoch
+            self.bar = tqdm(total=per_epoch, initial=(solver.iteration - 1) % per_epoch,
+                            desc=f"Epoch {solver.epoch + 1}/{solver.num_epochs}", unit="it",
+                            leave=False, disable=None)
         self.bar.update(1)
         self.bar.set_postfix(loss=f"{solver.loss_history[-1]:.4f}", refresh=False)
+        if solver.iteration % solver.iterations_per_epoch == 0:
+            self.on_train_end(solver)
 
     def on_train_end(self, solver):
         if self.bar is not None:
@@ -95,10 +100,11 @@ class Checkpoint(Callback):
 
 class MetricsCSV(Callback):
     """Appends one row per epoch to a CSV file: epoch, mean train loss over the epoch, train
-    and val accuracy, learning rate, and the run's wall time so far (``elapsed_offset`` is
-    the time of earlier sessions of a resumed run)."""
+    accuracy, val loss and accuracy, learning rate, the epoch's wall time and the run's so
+    far (``elapsed_offset`` is the time of earlier sessions of a resumed run)."""
 
-    FIELDS = ["epoch", "train_loss", "train_acc", "val_acc", "learning_rate", "elapsed_s"]
+    FIELDS = ["epoch", "train_loss", "train_acc", "val_loss", "val_acc", "learning_rate",
+              "epoch_s", "elapsed_s"]
 
     def __init__(self, path, elapsed_offset=0.0):
         self.path = os.fspath(path)
@@ -118,8 +124,10 @@ class MetricsCSV(Callback):
             "epoch": solver.epoch,
             "train_loss": f"{np.mean(losses):.6f}",
             "train_acc": f"{solver.train_acc_history[-1]:.6f}",
+            "val_loss": f"{solver.val_loss_history[-1]:.6f}",
             "val_acc": f"{solver.val_acc_history[-1]:.6f}",
             "learning_rate": f"{solver.lr_history[-1]:.6g}",
+            "epoch_s": f"{solver.epoch_time_history[-1]:.1f}",
             "elapsed_s": f"{self.elapsed():.1f}",
         }
         new_file = not os.path.exists(self.path)
@@ -140,13 +148,10 @@ class Curves(Callback):
 
     def on_epoch_end(self, solver):
         # Imported lazily: matplotlib is slow to import and only needed here.
-        import matplotlib.pyplot as plt
-
         from convlab.vis_utils import plot_solver_history
 
-        fig = plot_solver_history(solver)
-        fig.savefig(self.path, dpi=self.dpi)
-        plt.close(fig)
+        # A bare Figure (not pyplot's): nothing to close, freed with its last reference.
+        plot_solver_history(solver).savefig(self.path, dpi=self.dpi)
 
 
 class EarlyStopping(Callback):
@@ -185,3 +190,74 @@ class StepTimer(Callback):
 
     def on_epoch_end(self, solver):
         self._last = time.perf_counter()  # the accuracy check is not a step
+
+
+class TensorBoard(Callback):
+    """TensorBoard logs through tensorboardX (``pip install "convlab[tensorboard]"``; no
+    TensorFlow or PyTorch needed): the training loss every step; per epoch the train and
+    val accuracy, val loss and learning rate, and a histogram of every parameter and of its
+    last gradient. View them with ``tensorboard --logdir LOGDIR``."""
+
+    def __init__(self, logdir, histograms=True):
+        try:
+            from tensorboardX import SummaryWriter
+        except ImportError:
+            raise ImportError(
+                'TensorBoard logging needs tensorboardX: pip install "convlab[tensorboard]"'
+            ) from None
+        self.writer = SummaryWriter(logdir=os.fspath(logdir))
+        self.histograms = histograms
+
+    def on_step_end(self, solver):
+        self.writer.add_scalar("train/loss", solver.loss_history[-1], solver.iteration)
+
+    def on_epoch_end(self, solver):
+        epoch = solver.epoch
+        scalars = {"train/acc": solver.train_acc_history[-1], "val/acc": solver.val_acc_history[-1],
+                   "val/loss": solver.val_loss_history[-1], "learning_rate": solver.lr_history[-1]}
+        for tag, value in scalars.items():
+            self.writer.add_scalar(tag, value, epoch)
+        if self.histograms:
+            for name, value in solver.model.params.items():
+                self.writer.add_histogram(f"weights/{name}", value, epoch)
+                grad = solver.last_grads.get(name)
+                if grad is not None:
+                    self.writer.add_histogram(f"gradients/{name}", grad, epoch)
+        self.writer.flush()
+
+    def on_train_end(self, solver):
+        self.writer.flush()
+
+
+class LiveCurves(Callback):
+    """Training curves redrawn in place after every epoch: one figure in a Jupyter notebook
+    (an IPython display handle it updates), and/or a PNG rewritten at ``path``."""
+
+    def __init__(self, path=None, dpi=80):
+        self.path = None if path is None else os.fspath(path)
+        self.dpi = dpi
+        self.handle = None
+
+    def on_epoch_end(self, solver):
+        from convlab.vis_utils import plot_solver_history
+
+        fig = plot_solver_history(solver, title=f"epoch {solver.epoch} / {solver.num_epochs}")
+        if self.path is not None:
+            fig.savefig(self.path, dpi=self.dpi)
+        if _in_notebook():
+            from IPython.display import display
+
+            if self.handle is None:
+                self.handle = display(fig, display_id=True)
+            else:
+                self.handle.update(fig)
+
+
+def _in_notebook():
+    """True inside a Jupyter kernel (where a display handle can be updated)."""
+    try:
+        from IPython import get_ipython
+    except ImportError:
+        return False
+    shell = get_ipython()
+    return shell is not None and type(shell).__name__ == "ZMQInteractiveShell"

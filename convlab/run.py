@@ -9,6 +9,7 @@ hyperparameter search build a RunConfig and call ``run``; nothing else trains fr
 
 import csv
 import dataclasses
+import difflib
 import fcntl
 import json
 import os
@@ -22,13 +23,15 @@ from convlab import optim
 from convlab._checks import check_count
 from convlab.callbacks import Checkpoint, Curves, MetricsCSV
 from convlab.classifiers import ConvNet, FullyConnectedNet, ThreeLayerConvNet
-from convlab.classifiers.convnet_layers import expand_spec, parse_layer
+from convlab.classifiers.convnet_layers import VALID_KINDS, expand_spec, parse_layer
 from convlab.data import SOURCES, load_dataset, random_crop_flip
 from convlab.schedules import SCHEDULES
 from convlab.serialization import remove_stale_temporaries, save_model
-from convlab.solver import Solver
+from convlab.solver import Solver, StopNow
 
-__all__ = ["RESUMABLE", "RunConfig", "RunDir", "build_model", "run"]
+__all__ = ["RESUMABLE", "RunConfig", "RunDir", "TrainingInterrupted", "build_model", "run"]
+
+MODEL_NAMES = tuple(dict.fromkeys(("fc", "threelayer", *ConvNet.PRESETS)))
 
 # What a resumed run may change: the rest decides what the checkpoint's numbers mean.
 RESUMABLE = ("epochs",)
@@ -76,6 +79,11 @@ class RunConfig:
     augment: bool = True
     seed: int = 0
 
+    def __post_init__(self):
+        # Model and preset names are case-insensitive ("Reference" is "reference").
+        if isinstance(self.model, str) and self.model.strip().lower() in MODEL_NAMES:
+            self.model = self.model.strip().lower()
+
     def to_dict(self):
         return dataclasses.asdict(self)
 
@@ -86,11 +94,20 @@ class RunConfig:
         if self.data not in SOURCES and not os.path.exists(self.data):
             raise FileNotFoundError(
                 f"data {self.data!r} is neither one of {', '.join(SOURCES)} nor an existing "
-                "image folder or archive"
+                f"image folder or archive{_did_you_mean(self.data, SOURCES)}"
             )
         if self.model not in ("fc", "threelayer"):
-            for token in expand_spec(ConvNet.PRESETS.get(self.model, self.model)):
-                parse_layer(token)
+            try:
+                for token in expand_spec(ConvNet.PRESETS.get(self.model, self.model)):
+                    parse_layer(token)
+            except ValueError:
+                if any(c in self.model for c in ",[]"):
+                    raise  # an architecture string: the grammar's message says what is wrong
+                raise ValueError(
+                    f"unknown model {self.model!r}{_did_you_mean(self.model, MODEL_NAMES)}; "
+                    f"models: {', '.join(MODEL_NAMES)}, or an architecture string of "
+                    f"{VALID_KINDS}"
+                ) from None
         choices = {
             "normalization": ("none", "batchnorm", "layernorm"),
             "update_rule": tuple(optim.UPDATE_RULES),
@@ -137,6 +154,11 @@ class RunConfig:
         return cls.from_dict(values)
 
 
+def _did_you_mean(word, choices):
+    close = difflib.get_close_matches(word.lower(), choices, n=1, cutoff=0.6)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
 def build_model(config, input_shape, num_classes):
     """The classifier ``config.model`` names, for inputs of ``input_shape``."""
     dtype = np.dtype(config.dtype)
@@ -159,6 +181,14 @@ def build_model(config, input_shape, num_classes):
             **common,
         )
     return ConvNet(config.model, input_dim=input_shape, **common)
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """Ctrl-C stopped training between two steps; the state was saved to ``checkpoint``."""
+
+    def __init__(self, checkpoint, epoch):
+        super().__init__(f"interrupted at epoch {epoch}; state saved to {checkpoint}")
+        self.checkpoint, self.epoch = checkpoint, epoch
 
 
 class RunDirBusy(ValueError):
@@ -249,7 +279,7 @@ class RunDir:
         return float(rows[-1]["elapsed_s"]) if rows else 0.0
 
 
-def run(config, out="runs/latest", resume=False, force=False, verbose=True, callbacks=()):
+def run(config, out="runs/latest", resume=False, force=False, verbose=1, callbacks=()):
     """Train the run ``config`` describes, writing its directory ``out``.
 
     A new run refuses a directory that holds an earlier run unless ``force=True`` (which
@@ -262,8 +292,10 @@ def run(config, out="runs/latest", resume=False, force=False, verbose=True, call
 
     Returns a dict: ``best_val_acc``, ``test_acc`` (None without a test split),
     ``epochs`` (completed), ``elapsed_s``, ``history`` (loss_history, train_acc_history,
-    val_acc_history, lr_history) and ``out``. Ctrl-C saves the checkpoint, then raises
-    KeyboardInterrupt.
+    val_acc_history, lr_history) and ``out``. ``verbose``: 0 (silent), 1 (a progress bar per
+    epoch and loss lines; True means 1), 2 (one line per epoch). A Ctrl-C during training
+    saves the checkpoint, then raises TrainingInterrupted (a KeyboardInterrupt); a second
+    Ctrl-C (the Solver's StopNow) or one while loading data stops without saving.
     """
     run_dir = RunDir(out)
     if config is not None and not isinstance(config, RunConfig):
@@ -304,7 +336,8 @@ def _train(config, run_dir, resume, verbose, callbacks):
 
     data = load_dataset(config.data, sizes=config.builtin_size, seed=config.seed,
                         dtype=config.dtype, cifar10_dir=config.cifar10_dir,
-                        val_per_class=config.val_per_class, num_train=config.num_train)
+                        val_per_class=config.val_per_class, num_train=config.num_train,
+                        progress=bool(verbose))
     if config.data == "auto" and data["source"] == "builtin":
         say("CIFAR-10 not found; training on the built-in offline dataset "
             "(see README to use CIFAR-10).")
@@ -330,8 +363,10 @@ def _train(config, run_dir, resume, verbose, callbacks):
         augment=partial(random_crop_flip, pad=4) if config.augment else None,
         shuffle=True,
         seed=config.seed,
-        verbose=verbose,
-        print_every=max(len(data["X_train"]) // config.batch_size // 4, 1),
+        verbose=bool(verbose),
+        progress=verbose == 1,
+        print_every=max(len(data["X_train"]) // config.batch_size // 4, 1) if verbose == 1
+        else None,
         callbacks=[metrics, Checkpoint(run_dir.checkpoint_npz), Curves(run_dir.curves_png),
                    *callbacks],
     )
@@ -342,9 +377,11 @@ def _train(config, run_dir, resume, verbose, callbacks):
 
     try:
         solver.train()
+    except StopNow:
+        raise
     except KeyboardInterrupt:
         solver.save(run_dir.checkpoint_npz)
-        raise
+        raise TrainingInterrupted(run_dir.checkpoint_npz, solver.epoch) from None
 
     save_model(model, run_dir.model_npz)
     test_acc = None

@@ -7,16 +7,23 @@ stopping) lives in :mod:`convlab.callbacks`; learning-rate schedules in
 
 import signal
 import threading
+import time
 
 import numpy as np
 
 from convlab import optim
 from convlab._checks import check_labels
 from convlab.callbacks import Checkpoint, LambdaCallback, ProgressBar
+from convlab.layers import softmax_loss
 from convlab.schedules import SCHEDULES, make_schedule
 from convlab.serialization import atomic_savez, load_npz
 
-__all__ = ["SCHEDULES", "Solver"]
+__all__ = ["SCHEDULES", "Solver", "StopNow"]
+
+
+class StopNow(KeyboardInterrupt):
+    """A second Ctrl-C: training stops at once, possibly mid-step, so the state in memory
+    is not saved (the last checkpoint stays as it was)."""
 
 _DEFAULTS = dict(
     update_rule="sgd", optim_config=None, lr_decay=1.0, batch_size=100, num_epochs=10,
@@ -49,7 +56,8 @@ class Solver:
     - ``num_train_samples`` [1000]: training examples sampled for the train accuracy.
     - ``num_val_samples`` [None]: validation examples sampled (None: all).
     - ``checkpoint_name`` [None]: save the state to ``<name>_epoch_<e>.npz`` every epoch.
-    - ``print_every`` [10]: iterations between loss lines; ``verbose`` [True]: print.
+    - ``print_every`` [10]: iterations between loss lines (None: no iteration lines, one
+      line per epoch); ``verbose`` [True]: print.
 
     convlab keywords:
 
@@ -63,7 +71,8 @@ class Solver:
     - ``weight_decay`` [0.0]: adds ``weight_decay * w`` to the gradient of every parameter
       with two or more dimensions (weights, not biases or batchnorm scales).
     - ``augment`` [None]: a callable ``f(X_batch, rng) -> X_batch`` for training batches.
-    - ``progress`` [verbose]: show a tqdm progress bar.
+    - ``progress`` [verbose]: a tqdm bar per epoch (ETA from training steps only) and one
+      while evaluating; tqdm leaves them out when the output is not a terminal.
     - ``callbacks`` [()]: objects with on_train_begin / on_step_end / on_epoch_end /
       on_train_end methods (see convlab.callbacks); ``on_epoch_end`` [None] is shorthand
       for one callable ``f(solver)`` run after every epoch.
@@ -77,9 +86,15 @@ class Solver:
     statistics, histories, random state and position in the run, so a loaded solver
     continues exactly where the saved one stopped.
 
+    Each epoch line keeps cs231n's form and adds the epoch's mean training loss, the
+    validation loss (softmax cross-entropy of the scores), the learning rate and the wall
+    time of the epoch's steps; ``val_loss_history`` and ``epoch_time_history`` keep them.
+
     A non-finite loss stops training with FloatingPointError naming the iteration. Ctrl-C
-    during ``train()`` finishes the current iteration, then raises KeyboardInterrupt, so the
-    state is consistent and can be saved. A callback may set ``solver.stop_training = True``.
+    during ``train()`` is acknowledged at once and takes effect at the end of the current
+    step or evaluation batch (well under a second): KeyboardInterrupt is raised with the
+    state consistent, so it can be saved. A second Ctrl-C raises StopNow immediately. A
+    callback may set ``solver.stop_training = True``.
     """
 
     def __init__(self, model, data, **kwargs):
@@ -131,6 +146,8 @@ class Solver:
         if self.on_epoch_end is not None:
             self.callbacks.append(LambdaCallback(self.on_epoch_end))
         self.stop_training = False
+        self._interrupted = None  # a threading.Event while train() runs
+        self.last_grads = {}
         self._reset()
 
     def _make_schedule(self):
@@ -160,12 +177,17 @@ class Solver:
         """Book-keeping for a fresh run; train() starts from here, load() overwrites it."""
         self.epoch = 0
         self.iteration = 0
+        # True between the last step of an epoch and the end of its accuracy check, so an
+        # interrupted check is done again when training continues.
+        self._check_pending = False
         self.best_val_acc = 0
         self.best_params = {}
         self._best_state = {}
         self.loss_history = []
         self.train_acc_history = []
         self.val_acc_history = []
+        self.val_loss_history = []
+        self.epoch_time_history = []
         self.lr_history = []
         self.rng = np.random.default_rng(self.seed)
         self._epoch_order = None
@@ -213,12 +235,15 @@ class Solver:
             "version": 1,
             "epoch": self.epoch,
             "iteration": self.iteration,
+            "check_pending": self._check_pending,
             "batch_size": self.batch_size,
             "num_train": len(self.X_train),
             "best_val_acc": self.best_val_acc,
             "loss_history": self.loss_history,
             "train_acc_history": self.train_acc_history,
             "val_acc_history": self.val_acc_history,
+            "val_loss_history": self.val_loss_history,
+            "epoch_time_history": self.epoch_time_history,
             "lr_history": self.lr_history,
             "optim_scalars": optim_scalars,
             "base_lr": self._base_lr,
@@ -251,10 +276,14 @@ class Solver:
         self._epoch_order = arrays.get("epoch_order")
         self.epoch = meta["epoch"]
         self.iteration = meta["iteration"]
+        self._check_pending = meta.get("check_pending", False)
         self.best_val_acc = meta["best_val_acc"]
         self.loss_history = meta["loss_history"]
         self.train_acc_history = meta["train_acc_history"]
         self.val_acc_history = meta["val_acc_history"]
+        # Checkpoints written before these histories existed resume with them empty.
+        self.val_loss_history = meta.get("val_loss_history", [])
+        self.epoch_time_history = meta.get("epoch_time_history", [])
         self.lr_history = meta["lr_history"]
         self._base_lr = meta["base_lr"]
         self.rng = np.random.default_rng()
@@ -287,6 +316,7 @@ class Solver:
             X_batch = self.augment(X_batch, self.rng)
 
         loss, grads = self.model.loss(X_batch, y_batch)
+        self.last_grads = grads  # for callbacks (e.g. gradient histograms)
         if not np.isfinite(loss):
             raise FloatingPointError(
                 f"loss is {loss} at iteration {self.iteration + 1}: training diverged "
@@ -313,20 +343,35 @@ class Solver:
 
     def check_accuracy(self, X, y, num_samples=None, batch_size=100):
         """Fraction of (a random subsample of num_samples of) X the model classifies as y."""
+        return self._evaluate(X, y, num_samples, batch_size)[0]
+
+    def _evaluate(self, X, y, num_samples=None, batch_size=100, desc=None):
+        """(accuracy, mean softmax cross-entropy) of the model on (a random subsample of
+        num_samples of) X, in test mode, batch by batch; a Ctrl-C stops it between batches."""
         N = len(X)
         if num_samples is not None and N > num_samples:
             mask = self.rng.choice(N, num_samples)
             X, y = X[mask], y[mask]
             N = num_samples
         if N == 0:
-            return 0.0
-        y_pred = np.concatenate(
-            [
-                np.argmax(self.model.loss(X[i : i + batch_size]), axis=1)
-                for i in range(0, N, batch_size)
-            ]
-        )
-        return float(np.mean(y_pred == y))
+            return 0.0, float("nan")
+        correct, total_loss = 0, 0.0
+        starts = range(0, N, batch_size)
+        if self.progress and desc is not None:
+            from tqdm.auto import tqdm
+
+            starts = tqdm(starts, desc=desc, unit="batch", leave=False, disable=None)
+        for i in starts:
+            scores = self.model.loss(X[i : i + batch_size])
+            y_batch = y[i : i + batch_size]
+            correct += int(np.sum(np.argmax(scores, axis=1) == y_batch))
+            total_loss += softmax_loss(scores, y_batch)[0] * len(y_batch)
+            self._raise_if_interrupted()
+        return correct / N, float(total_loss / N)
+
+    def _raise_if_interrupted(self):
+        if self._interrupted is not None and self._interrupted.is_set():
+            raise KeyboardInterrupt
 
     def print(self, line):
         """Print a line above any progress bar."""
@@ -336,18 +381,30 @@ class Solver:
 
     def _end_of_check(self):
         train_acc = self.check_accuracy(self.X_train, self.y_train, self.num_train_samples)
-        val_acc = self.check_accuracy(self.X_val, self.y_val, self.num_val_samples)
+        val_acc, val_loss = self._evaluate(self.X_val, self.y_val, self.num_val_samples,
+                                           desc="evaluating")
         self.train_acc_history.append(train_acc)
         self.val_acc_history.append(val_acc)
+        self.val_loss_history.append(val_loss)
         if self.verbose:
-            self.print(
-                f"(Epoch {self.epoch} / {self.num_epochs}) train acc: {train_acc:f}; "
-                f"val_acc: {val_acc:f}"
-            )
+            line = (f"(Epoch {self.epoch} / {self.num_epochs}) train acc: {train_acc:f}; "
+                    f"val_acc: {val_acc:f}")
+            if self.epoch > 0:
+                train_loss = np.mean(self.loss_history[-self.iterations_per_epoch:])
+                line += (f" - train_loss {train_loss:.4f} - val_loss {val_loss:.4f}"
+                         f" - lr {self.lr_history[-1]:.3g} - {self.epoch_time_history[-1]:.1f}s")
+            else:
+                line += f" - val_loss {val_loss:.4f}"
+            self.print(line)
         if val_acc > self.best_val_acc or not self._best_state:
             self.best_val_acc = max(val_acc, self.best_val_acc)
             self._best_state = {k: v.copy() for k, v in self._model_state().items()}
             self.best_params = {k: v for k, v in self._best_state.items() if k in self.model.params}
+
+    def _finish_epoch(self):
+        self._end_of_check()
+        self._check_pending = False
+        self._callbacks("on_epoch_end")
 
     def _callbacks(self, hook):
         for callback in self.callbacks:
@@ -355,13 +412,19 @@ class Solver:
             if method is not None:
                 method(self)
 
+    def _on_sigint(self, *_):
+        if self._interrupted.is_set():
+            raise StopNow
+        self._interrupted.set()
+        self.print("Interrupt: stopping after this step (press Ctrl-C again to stop now)")
+
     def train(self):
         """Run (or continue) optimisation, then load the best parameters into the model."""
         num_iterations = self.num_iterations
-        interrupted = threading.Event()
+        self._interrupted = threading.Event()
         previous_handler = None
         if threading.current_thread() is threading.main_thread():
-            previous_handler = signal.signal(signal.SIGINT, lambda *_: interrupted.set())
+            previous_handler = signal.signal(signal.SIGINT, self._on_sigint)
         lend_rng = getattr(self.model, "use_dropout_rng", None)
         if lend_rng is not None:
             lend_rng(self.rng)
@@ -371,28 +434,33 @@ class Solver:
             if self.iteration == 0:
                 self._end_of_check()
             self._callbacks("on_train_begin")
+            if self._check_pending:
+                self._finish_epoch()
+            self._epoch_start = time.perf_counter()
             while self.iteration < num_iterations and not self.stop_training:
                 self._step()
                 self.iteration += 1
                 t = self.iteration
                 self._callbacks("on_step_end")
-                if self.verbose and (t - 1) % self.print_every == 0:
+                if self.verbose and self.print_every and (t - 1) % self.print_every == 0:
                     loss = self.loss_history[-1]
                     self.print(f"(Iteration {t} / {num_iterations}) loss: {loss:f}")
                 if t % self.iterations_per_epoch == 0:
                     self.epoch += 1
+                    self.epoch_time_history.append(time.perf_counter() - self._epoch_start)
                     if self._schedule is None:
                         for config in self.optim_configs.values():
                             if "learning_rate" in config:
                                 config["learning_rate"] *= self.lr_decay
-                    self._end_of_check()
-                    self._callbacks("on_epoch_end")
-                if interrupted.is_set():
-                    raise KeyboardInterrupt
+                    self._check_pending = True
+                    self._finish_epoch()
+                    self._epoch_start = time.perf_counter()
+                self._raise_if_interrupted()
         finally:
             if previous_handler is not None:
                 signal.signal(signal.SIGINT, previous_handler)
             if lend_rng is not None:
                 lend_rng(None)
             self._callbacks("on_train_end")
+            self._interrupted = None
         self._load_model_state(self._best_state)

@@ -22,62 +22,100 @@ failures print one line on stderr and exit with status 2.
 import argparse
 import sys
 
-from convlab.run import RunConfig, RunDir, run
+from convlab.callbacks import TensorBoard
+from convlab.run import RunConfig, RunDir, TrainingInterrupted, run
 from convlab.schedules import SCHEDULES
 
 
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):
+        # One line, like every other failure of the command.
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser():
-    p = argparse.ArgumentParser(
+    """The command line; every RunConfig field is an option, with RunConfig's default."""
+    d = RunConfig()
+    p = _Parser(
         prog="convlab-train",
         description="Train a convlab classifier on CIFAR-10, an image folder, or built-in data.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    p.add_argument("--data", default="auto",
-                   help="auto | builtin | cifar10 | PATH to an image folder or tarball")
-    p.add_argument("--cifar10-dir", default=None,
-                   help="directory holding cifar-10-batches-py (else $CONVLAB_DATA, cache)")
-    p.add_argument("--val-per-class", type=int, default=500,
-                   help="images per class held out for validation from an image folder")
-    p.add_argument("--num-train", type=int, default=None,
-                   help="use only the first N training examples (default: all)")
-    p.add_argument("--builtin-size", type=int, nargs=3, default=[10000, 1000, 1000],
-                   metavar=("TRAIN", "VAL", "TEST"), help="built-in dataset split sizes")
-    p.add_argument("--model", default="threelayer",
-                   help="fc | threelayer | a ConvNet preset name or architecture string")
-    p.add_argument("--hidden-dims", type=int, nargs="+", default=[512, 256],
-                   help="fc: hidden layer sizes")
-    p.add_argument("--normalization", choices=["none", "batchnorm", "layernorm"],
-                   default="batchnorm", help="fc: normalization after each hidden affine")
-    p.add_argument("--dropout-keep", type=float, default=1.0,
-                   help="fc: dropout keep probability (1 = no dropout; dropout masks are not "
-                        "reproduced exactly by --resume)")
-    p.add_argument("--num-filters", type=int, default=32, help="threelayer: conv filters")
-    p.add_argument("--filter-size", type=int, default=7, help="threelayer: conv filter size")
-    p.add_argument("--hidden-dim", type=int, default=100, help="threelayer: hidden units")
-    p.add_argument("--weight-scale", type=float, default=None,
-                   help="std of initial weights (default: He initialisation sqrt(2/fan_in))")
-    p.add_argument("--reg", type=float, default=0.0, help="L2 regularisation in the loss")
-    p.add_argument("--epochs", type=int, default=5)
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--update-rule", default="adam",
-                   help="sgd | sgd_momentum | nesterov_momentum | adagrad | rmsprop | adam")
-    p.add_argument("--lr", type=float, default=1e-3, help="learning rate")
-    p.add_argument("--lr-schedule", choices=["none", *SCHEDULES], default="cosine")
-    p.add_argument("--lr-decay", type=float, default=1.0,
-                   help="multiply the learning rate by this after every epoch "
-                        "(with --lr-schedule none)")
-    p.add_argument("--weight-decay", type=float, default=0.0,
-                   help="added weight_decay * w to the gradient of every weight")
-    p.add_argument("--dtype", choices=["float32", "float64"], default="float32")
-    p.add_argument("--augment", action=argparse.BooleanOptionalAction, default=True,
-                   help="random crops (padding 4) and horizontal flips")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", default="runs/latest", help="output directory")
-    p.add_argument("--resume", action="store_true",
-                   help="continue the run in --out from its checkpoint, with its saved "
-                        "configuration; of the other options only --epochs may change")
-    p.add_argument("--force", action="store_true",
-                   help="start a new run in --out even if it holds one (deleting that run)")
-    p.add_argument("--quiet", action="store_true", help="no progress bar or per-iteration lines")
+    data = p.add_argument_group("data")
+    data.add_argument("--data", default=d.data,
+                      help="auto (CIFAR-10 when found, else builtin) | builtin | cifar10 | PATH "
+                           "of an image folder <class>/<image> or a .tar/.tar.gz of one")
+    data.add_argument("--cifar10-dir", default=d.cifar10_dir,
+                      help="directory holding cifar-10-batches-py (else $CONVLAB_DATA, then "
+                           "~/.cache/convlab)")
+    data.add_argument("--val-per-class", type=int, default=d.val_per_class,
+                      help="images per class an image folder holds out for validation")
+    data.add_argument("--num-train", type=int, default=d.num_train,
+                      help="train on N examples drawn per class (None: all)")
+    data.add_argument("--builtin-size", type=int, nargs=3, default=d.builtin_size,
+                      metavar=("TRAIN", "VAL", "TEST"), help="built-in dataset split sizes")
+    data.add_argument("--augment", action=argparse.BooleanOptionalAction, default=d.augment,
+                      help="random crops (padding 4) and horizontal flips")
+    model = p.add_argument_group("model")
+    model.add_argument("--model", default=d.model,
+                       help="fc | threelayer | a ConvNet preset (reference, vgg_small, "
+                            "resnet_small) | an architecture string such as "
+                            "'[conv3-32,bn,relu]x2,pool,fc10' (case-insensitive)")
+    model.add_argument("--hidden-dims", type=int, nargs="+", default=d.hidden_dims,
+                       help="fc: hidden layer sizes")
+    model.add_argument("--normalization", type=str.lower, default=d.normalization,
+                       choices=["none", "batchnorm", "layernorm"],
+                       help="fc: normalization after each hidden affine layer")
+    model.add_argument("--dropout-keep", type=float, default=d.dropout_keep,
+                       help="fc: dropout keep probability (1: no dropout)")
+    model.add_argument("--num-filters", type=int, default=d.num_filters,
+                       help="threelayer: conv filters")
+    model.add_argument("--filter-size", type=int, default=d.filter_size,
+                       help="threelayer: conv filter size (odd)")
+    model.add_argument("--hidden-dim", type=int, default=d.hidden_dim,
+                       help="threelayer: hidden units")
+    model.add_argument("--weight-scale", type=float, default=d.weight_scale,
+                       help="std of the initial weights (None: He initialisation "
+                            "sqrt(2/fan_in), the scores layer scaled down)")
+    model.add_argument("--dtype", type=str.lower, default=d.dtype,
+                       choices=["float32", "float64"], help="parameter and data dtype")
+    train = p.add_argument_group("training")
+    train.add_argument("--epochs", type=int, default=d.epochs, help="epochs to train")
+    train.add_argument("--batch-size", type=int, default=d.batch_size, help="minibatch size")
+    train.add_argument("--update-rule", type=str.lower, default=d.update_rule,
+                       help="sgd | sgd_momentum | nesterov_momentum | adagrad | rmsprop | adam")
+    train.add_argument("--lr", type=float, default=d.lr, help="(base) learning rate")
+    train.add_argument("--lr-schedule", type=str.lower, default=d.lr_schedule,
+                       choices=["none", *SCHEDULES],
+                       help="learning-rate schedule over the run (convlab.schedules)")
+    train.add_argument("--lr-decay", type=float, default=d.lr_decay,
+                       help="multiply the learning rate by this after every epoch "
+                            "(with --lr-schedule none)")
+    train.add_argument("--reg", type=float, default=d.reg,
+                       help="L2 regularisation 0.5 * reg * sum(W^2) in the loss")
+    train.add_argument("--weight-decay", type=float, default=d.weight_decay,
+                       help="adds weight_decay * w to the gradient of every weight")
+    train.add_argument("--seed", type=int, default=d.seed,
+                       help="seeds the built-in data, the initial weights, batches, "
+                            "augmentation and dropout masks")
+    run_opts = p.add_argument_group("run")
+    run_opts.add_argument("--out", default="runs/latest",
+                          help="output directory: config.json, checkpoint.npz, metrics.csv, "
+                               "curves.png, model.npz")
+    run_opts.add_argument("--resume", action="store_true",
+                          help="continue the run in --out from its checkpoint, with its saved "
+                               "configuration; of the other options only --epochs may change")
+    run_opts.add_argument("--force", action="store_true",
+                          help="start a new run in --out even if it holds one (deleting it)")
+    run_opts.add_argument("--verbose", type=int, choices=[0, 1, 2], default=1,
+                          help="0: silent but for the result; 1: a progress bar per epoch and "
+                               "loss lines; 2: one line per epoch")
+    run_opts.add_argument("--quiet", action="store_const", const=0, dest="verbose",
+                          help="the same as --verbose 0")
+    run_opts.add_argument("--tensorboard", metavar="LOGDIR", default=None,
+                          help="also write TensorBoard logs (losses, accuracies, learning rate, "
+                               "weight and gradient histograms) to LOGDIR; needs "
+                               "pip install 'convlab[tensorboard]'")
     return p
 
 
@@ -105,13 +143,17 @@ def main(argv=None):
             config = RunConfig.from_dict({**saved, **explicit_options(build_parser(), argv)})
         else:
             config = config_from_args(args)
+        callbacks = [] if args.tensorboard is None else [TensorBoard(args.tensorboard)]
         results = run(config, out=args.out, resume=args.resume, force=args.force,
-                      verbose=not args.quiet)
-    except KeyboardInterrupt:
-        print(f"\nInterrupted; state saved to {args.out}/checkpoint.npz."
-              f"\nContinue with: convlab-train --out {args.out} --resume")
+                      verbose=args.verbose, callbacks=callbacks)
+    except TrainingInterrupted as stop:
+        print(f"\nInterrupted at epoch {stop.epoch}; state saved to {stop.checkpoint}."
+              f"\nContinue with: convlab-train --out {args.out} --resume", file=sys.stderr)
         return 130
-    except (OSError, ValueError, TypeError, FloatingPointError) as err:
+    except KeyboardInterrupt:
+        print(f"\nInterrupted; {args.out} keeps its last checkpoint, if any.", file=sys.stderr)
+        return 130
+    except (OSError, ValueError, TypeError, FloatingPointError, ImportError) as err:
         # Expected failures (bad options or data, a busy or full output directory, a
         # diverging run) are one line, not a traceback.
         message = str(err) if not isinstance(err, OSError) or not err.filename else (
@@ -124,8 +166,8 @@ def main(argv=None):
     else:
         print(f"Test accuracy: {results['test_acc']:.4f}")
     out = results["out"]
-    print(f"Wall time {results['elapsed_s']:.0f} s. Model saved to {out}/model.npz; "
-          f"curves in {out}/curves.png, metrics in {out}/metrics.csv")
+    print(f"Wall time {results['elapsed_s']:.0f} s. Written to {out}: model.npz (the best "
+          "epoch's model), curves.png, metrics.csv")
     return 0
 
 

@@ -97,7 +97,8 @@ def test_killed_writers_leave_no_temporaries_and_files_respect_the_umask(tmp_pat
 @pytest.mark.parametrize("flags, message", [
     (["--batch-size", "0"], "batch_size must be an integer >= 1"),
     (["--model", "[[relu]x1000]x1000"], "more than 1000 layers"),
-    (["--model", "Reference2"], "unknown layer 'reference2'"),
+    (["--model", "Reference2"], "unknown model 'Reference2' (did you mean 'reference'?)"),
+    (["--model", "conv3-8,sotfmax"], "unknown layer 'sotfmax'"),
     (["--update-rule", "adamw"], "update_rule must be one of"),
     (["--data", "builtn"], "neither one of auto, builtin, cifar10"),
 ])

@@ -3,9 +3,9 @@
 import numpy as np
 import pytest
 from conftest import check_layer_gradients, distinct_values
-from convlab.fast_layers import conv_backward_fast, conv_forward_fast
 
 from convlab import layer_utils, layers
+from convlab.fast_layers import conv_backward_fast, conv_forward_fast
 from convlab.gradient_check import rel_error
 
 CONV = {"stride": 1, "pad": 1}

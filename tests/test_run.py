@@ -48,6 +48,8 @@ def test_build_model(model, cls):
     assert isinstance(built, cls) and built.dtype == np.float64
     with pytest.raises(ValueError, match="unknown layer 'nosuchnet'"):
         build_model(RunConfig(model="nosuchnet"), (3, 8, 8), 10)
+    assert RunConfig(model=" Reference ").model == "reference"
+    assert RunConfig(model="VGG_Small").model == "vgg_small"
 
 
 def test_run_writes_the_run_directory_and_returns_results(tmp_path, capsys):

@@ -7,11 +7,18 @@ import numpy as np
 
 from convlab._checks import check_labels
 
+# He initialisation of the scores layer, scaled down: the initial scores are then close to 0,
+# so the loss starts at ln(num_classes) with no early spike.
+SCORES_GAIN = 0.01
 
-def init_std(weight_scale, fan_in):
-    """Standard deviation of initial weights: weight_scale, or He's sqrt(2 / fan_in) if None,
-    which keeps activation variance constant through ReLU layers."""
-    return np.sqrt(2.0 / fan_in) if weight_scale is None else weight_scale
+
+def init_std(weight_scale, fan_in, scores=False):
+    """Standard deviation of initial weights: weight_scale, or if None He's sqrt(2 / fan_in),
+    which keeps activation variance constant through ReLU layers, times SCORES_GAIN for the
+    layer that computes the class scores (``scores=True``)."""
+    if weight_scale is not None:
+        return weight_scale
+    return np.sqrt(2.0 / fan_in) * (SCORES_GAIN if scores else 1.0)
 
 
 class Classifier:
@@ -28,6 +35,40 @@ class Classifier:
 
     bn_params = ()
     dropout_params = ()
+
+    def save(self, fname):
+        """Write this model to ``fname`` (.npz: constructor arguments, parameters, batchnorm
+        statistics; never a pickle). Same as convlab.save_model(self, fname)."""
+        from convlab.serialization import save_model
+
+        save_model(self, fname)
+
+    def load(self, fname):
+        """Load parameters and batchnorm statistics saved by :meth:`save` into this model
+        (cs231n 2025's ``model.load``); the file must hold a model of this class with the
+        same constructor arguments. Returns self."""
+        from convlab.serialization import load_model
+
+        other = load_model(fname)
+        if type(other) is not type(self) or other.init_args != self.init_args:
+            raise ValueError(
+                f"{fname} holds a {type(other).__name__} built with {other.init_args}, not "
+                f"this {type(self).__name__} ({self.init_args}); use convlab.load_model to "
+                "rebuild it as saved"
+            )
+        self.load_state_dict(other.state_dict())
+        return self
+
+    @classmethod
+    def from_file(cls, fname):
+        """A new model rebuilt from ``fname`` as it was saved (convlab.load_model), checked
+        to be of this class: e.g. ``ConvNet.from_file("model.npz")``."""
+        from convlab.serialization import load_model
+
+        model = load_model(fname)
+        if not isinstance(model, cls):
+            raise ValueError(f"{fname} holds a {type(model).__name__}, not a {cls.__name__}")
+        return model
 
     def _set_mode(self, y):
         """Batchnorm and dropout run in 'train' mode when labels are given, else 'test'."""

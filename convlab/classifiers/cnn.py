@@ -18,7 +18,8 @@ class ThreeLayerConvNet(Classifier):
     The convolution has stride 1 and 'same' padding (filter_size odd), so the pool halves
     H and W. Params: W1 (F, C, k, k), b1 (F,), W2 (F * H/2 * W/2, hidden_dim), b2,
     W3 (hidden_dim, num_classes), b3. ``seed`` seeds the weight initialisation;
-    ``weight_scale=None`` uses He's std sqrt(2 / fan_in) per layer.
+    ``weight_scale=None`` uses He's std sqrt(2 / fan_in) per layer (scaled down for the scores
+    layer, so the initial loss is ln(num_classes)).
     """
 
     def __init__(
@@ -65,7 +66,7 @@ class ThreeLayerConvNet(Classifier):
         self.params = {}
         for i, shape in enumerate(weight_shapes, start=1):
             fan_in = int(np.prod(shape[1:])) if i == 1 else shape[0]
-            std = init_std(weight_scale, fan_in)
+            std = init_std(weight_scale, fan_in, scores=i == len(weight_shapes))
             self.params[f"W{i}"] = (std * rng.standard_normal(shape)).astype(dtype)
             # The bias has one entry per output unit: filters for the conv, columns otherwise.
             self.params[f"b{i}"] = np.zeros(shape[0] if i == 1 else shape[1], dtype=dtype)

@@ -77,7 +77,8 @@ class ConvNet(Classifier):
 
     input_dim: (C, H, W) of one image (or (D,) for a network of fc layers only).
     weight_scale: std of the initial conv and fc weights; None (default) uses He's
-        sqrt(2 / fan_in) for each layer. Biases start at 0, bn/gn gamma at 1 and beta at 0.
+        sqrt(2 / fan_in) for each layer, scaled down for the final (scores) layer so the
+        initial loss is ln(num_classes). Biases start at 0, bn/gn gamma at 1 and beta at 0.
     reg: L2 strength: the loss adds 0.5 * reg * sum(W**2) over conv and fc weights only.
     seed: seeds the initialisation (np.random.default_rng) and, as in FullyConnectedNet,
         fixes each dropout layer's mask so the loss is deterministic for gradient checks;
@@ -141,6 +142,7 @@ class ConvNet(Classifier):
         if parse_layer(tokens[-1])[0] != "fc":
             tokens.append(f"fc{num_classes}")
         named = [(f"{parse_layer(t)[0]}{i}", t) for i, t in enumerate(tokens, start=1)]
+        builder.scores_layer = named[-1][0]
         self.layers, out_shape = builder.build(named, input_dim)
         self.params = builder.params
         self.bn_params = builder.bn_params

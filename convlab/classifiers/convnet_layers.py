@@ -96,9 +96,10 @@ class Builder:
         self.params = {}
         self.bn_params = []
         self.dropout_params = []
+        self.scores_layer = None  # name of the layer computing the class scores
 
-    def weight(self, name, shape, fan_in):
-        std = init_std(self.weight_scale, fan_in)
+    def weight(self, name, shape, fan_in, scores=False):
+        std = init_std(self.weight_scale, fan_in, scores)
         self.params[name] = (std * self.rng.standard_normal(shape)).astype(self.dtype)
 
     def constant(self, name, shape, value):
@@ -259,7 +260,7 @@ def _build_dropout(builder, layer, args, shape):
 def _build_fc(builder, layer, args, shape):
     D, M = int(np.prod(shape)), args["units"]
     check_int(M, "units", 1)
-    builder.weight(layer.key("W"), (D, M), fan_in=D)
+    builder.weight(layer.key("W"), (D, M), fan_in=D, scores=layer.name == builder.scores_layer)
     builder.constant(layer.key("b"), (M,), 0.0)
     return (M,)
 

@@ -137,7 +137,7 @@ class FullyConnectedNet(Classifier):
         self.params = {}
         for i in range(1, self.num_layers + 1):
             fan_in, fan_out = dims[i - 1], dims[i]
-            std = init_std(weight_scale, fan_in)
+            std = init_std(weight_scale, fan_in, scores=i == self.num_layers)
             self.params[f"W{i}"] = (std * rng.standard_normal((fan_in, fan_out))).astype(dtype)
             self.params[f"b{i}"] = np.zeros(fan_out, dtype=dtype)
             if self.normalization and i < self.num_layers:

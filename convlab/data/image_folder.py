@@ -8,6 +8,7 @@ import zlib
 from pathlib import Path, PurePosixPath
 
 import numpy as np
+from tqdm.auto import tqdm
 
 #: File-name suffixes recognised as images by :func:`load_image_folder` (case-insensitive).
 IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".pgm", ".bmp", ".tif", ".tiff", ".webp")
@@ -140,7 +141,7 @@ def _decode_image(payload, display, source, size):
         ) from e
 
 
-def load_image_folder(path, image_size=None):
+def load_image_folder(path, image_size=None, progress=False):
     """Load a ``root/<class>/<image>`` tree of images (like torchvision's ImageFolder).
 
     Inputs:
@@ -151,6 +152,7 @@ def load_image_folder(path, image_size=None):
       at the same depth under a single common parent.
     - image_size: optional ``(H, W)``; every image is resized (bilinear) to it. Without it all
       images must already have the same size.
+    - progress: show a tqdm bar (count and ETA) while the images are decoded.
 
     Images are files ending in one of :data:`IMG_EXTENSIONS` (case-insensitive); other files
     and hidden files/directories are ignored. Images are converted to RGB.
@@ -201,7 +203,9 @@ def load_image_folder(path, image_size=None):
 
     X = None
     first_name = None
-    for i, (_, display, payload) in enumerate(items):
+    for i, (_, display, payload) in enumerate(tqdm(
+            items, desc="decoding images", unit="img", leave=False,
+            disable=None if progress else True)):
         arr = _decode_image(payload, display, repr(source), image_size)
         if X is None:
             X = np.empty((n,) + arr.shape, dtype=np.uint8)

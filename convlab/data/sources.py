@@ -30,7 +30,7 @@ def resolve_source(source, cifar10_dir=None):
 
 
 def load_dataset(source="auto", sizes=None, seed=0, dtype=np.float32, cifar10_dir=None,
-                 val_per_class=500, num_train=None):
+                 val_per_class=500, num_train=None, progress=False):
     """Load a dataset as a dict of splits.
 
     Inputs:
@@ -42,6 +42,7 @@ def load_dataset(source="auto", sizes=None, seed=0, dtype=np.float32, cifar10_di
     - cifar10_dir: where to look for CIFAR-10 first (see find_CIFAR10_dir).
     - val_per_class: images per class an image folder holds out for validation (its last
       ones in file-name order).
+    - progress: show a progress bar while an image folder is decoded.
     - num_train: keep num_train training examples, drawn per class (stratified_subset with
       ``seed``) so every class keeps its share; None keeps all.
 
@@ -60,7 +61,7 @@ def load_dataset(source="auto", sizes=None, seed=0, dtype=np.float32, cifar10_di
         data = get_CIFAR10_data(*(sizes or ()), cifar10_dir=cifar10_dir, dtype=dtype)
         data["class_names"] = list(CIFAR10_CLASS_NAMES)
     else:
-        X, y, class_names = load_image_folder(name)
+        X, y, class_names = load_image_folder(name, progress=progress)
         X_train, y_train, X_val, y_val = split_per_class(X, y, val_per_class)
         X_train, mean, std = preprocess_images(X_train, dtype=dtype)
         X_val, _, _ = preprocess_images(X_val, mean, std, dtype=dtype)
