@@ -24,16 +24,16 @@ class Callback:
     """No-op base: override the hooks you need."""
 
     def on_train_begin(self, solver):
-        pass
+        """When train() starts (after the epoch-0 accuracy check of a fresh run)."""
 
     def on_step_end(self, solver):
-        pass
+        """After every parameter update (``solver.iteration`` already counts it)."""
 
     def on_epoch_end(self, solver):
-        pass
+        """After each epoch's accuracy check (``solver.epoch`` already counts it)."""
 
     def on_train_end(self, solver):
-        pass
+        """When train() returns or raises, so resources are always released."""
 
 
 class LambdaCallback(Callback):

@@ -58,6 +58,7 @@ def relu_forward(x):
 
 
 def relu_backward(dout, cache):
+    """Gradient of relu_forward: dout where x > 0, else 0. dout: same shape as x."""
     x = cache
     return check_dout(dout, x.shape) * (x > 0)
 
@@ -71,6 +72,7 @@ def leaky_relu_forward(x, alpha=0.01):
 
 
 def leaky_relu_backward(dout, cache):
+    """Gradient of leaky_relu_forward: dout where x > 0, else alpha * dout."""
     x, alpha = cache
     dout = check_dout(dout, x.shape)
     return np.where(x > 0, dout, dout * dout.dtype.type(alpha))
@@ -88,6 +90,7 @@ def elu_forward(x, alpha=1.0):
 
 
 def elu_backward(dout, cache):
+    """Gradient of elu_forward: dout where x > 0, else dout * alpha * exp(x)."""
     x, out, alpha = cache
     dout = check_dout(dout, x.shape)
     # For x <= 0, d/dx alpha (e^x - 1) = alpha e^x = out + alpha.

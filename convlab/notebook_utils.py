@@ -39,7 +39,8 @@ def load_course_data(num_train=5000, num_val=500, num_test=500, source=None, see
     ``'cifar10'``, ``'builtin'`` or the path of an image folder or tarball (default:
     ``$CONVLAB_DATASET`` or ``'auto'``). CIFAR-10 has its mean image subtracted (the cs231n
     recipe); built-in and folder images are normalised per channel; ``seed`` selects the
-    built-in images. For a folder, ``num_train`` caps the training split.
+    built-in images. For a folder, ``num_train`` caps the training split and a progress bar
+    shows the decoding when ``verbose``.
 
     Returns a dict with ``X_train (num_train, 3, 32, 32)``, ``y_train``, ``X_val``, ``y_val``,
     ``X_test`` and ``y_test`` (not for folders), ``class_names`` and ``source``
@@ -52,7 +53,8 @@ def load_course_data(num_train=5000, num_val=500, num_test=500, source=None, see
         source = source.lower()
     folder = source not in ("auto", "cifar10", "builtin")
     data = load_dataset(source, sizes=None if folder else (num_train, num_val, num_test),
-                        seed=seed, dtype=dtype, num_train=num_train if folder else None)
+                        seed=seed, dtype=dtype, num_train=num_train if folder else None,
+                        progress=verbose)
     if verbose:
         splits = " / ".join(f"{len(data['X_' + split])} {split}"
                             for split in ("train", "val", "test") if "X_" + split in data)

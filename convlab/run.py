@@ -85,6 +85,7 @@ class RunConfig:
             self.model = self.model.strip().lower()
 
     def to_dict(self):
+        """The fields as a plain dict (JSON-ready: numbers, strings, lists, None)."""
         return dataclasses.asdict(self)
 
     def validate(self):
@@ -141,10 +142,12 @@ class RunConfig:
         return cls(**values)
 
     def to_json(self):
+        """The config as the JSON text config.json holds."""
         return json.dumps(self.to_dict(), indent=2)
 
     @classmethod
     def from_json(cls, text):
+        """The RunConfig of JSON text from :meth:`to_json`; ValueError when it is not one."""
         try:
             values = json.loads(text)
         except json.JSONDecodeError as err:
@@ -214,6 +217,8 @@ class RunDir:
 
     @contextmanager
     def lock(self):
+        """Context manager holding the directory's lock (an flock on ``.lock``, which dies
+        with the process); RunDirBusy, naming the holder's pid, when another run holds it."""
         os.makedirs(self.path, exist_ok=True)
         fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o666)
         try:
@@ -238,6 +243,7 @@ class RunDir:
         return [name for name in self.NAMES if os.path.exists(os.path.join(self.path, name))]
 
     def write_config(self, config):
+        """Write ``config`` to config.json atomically (a temporary file, then a rename)."""
         os.makedirs(self.path, exist_ok=True)
         tmp = self.config_json + ".tmp"
         with open(tmp, "w") as f:

@@ -198,10 +198,12 @@ class Solver:
 
     @property
     def iterations_per_epoch(self):
+        """Steps per epoch: training examples // batch size (at least 1)."""
         return max(len(self.X_train) // self.batch_size, 1)
 
     @property
     def num_iterations(self):
+        """Steps in the whole run: num_epochs * iterations_per_epoch."""
         return self.num_epochs * self.iterations_per_epoch
 
     def _model_state(self):

@@ -133,6 +133,8 @@ def explicit_options(parser, argv):
 
 
 def main(argv=None):
+    """The convlab-train command: parse ``argv`` (default sys.argv[1:]), train, print the
+    result; returns the exit status (0 done, 2 an expected error, 130 interrupted)."""
     parser = build_parser()
     args = parser.parse_args(argv)
     try:

@@ -5,7 +5,6 @@ bounded budget: whatever the input, the answer is a valid result or a ValueError
 import io
 import pickle
 import tarfile
-import time
 
 import numpy as np
 import pytest
@@ -33,14 +32,14 @@ GRAMMAR_PIECES = st.sampled_from(
 @given(pieces=st.lists(GRAMMAR_PIECES, max_size=25))
 def test_architecture_strings_build_or_fail_cleanly(pieces):
     spec = "".join(pieces)
-    start = time.perf_counter()
     try:
         model = ConvNet(spec, input_dim=(3, 8, 8), num_classes=7, seed=0)
     except EXPECTED:
         pass
     else:
+        # Bounded by construction (MAX_LAYERS is checked before a group is multiplied out).
+        assert len(model.layers) <= 1000
         assert model.loss(np.zeros((1, 3, 8, 8))).shape == (1, 7)
-    assert time.perf_counter() - start < 1.0
 
 
 @BUDGET

@@ -88,6 +88,12 @@ def test_notebook_executes(name, tmp_path, monkeypatch):
         for output in cell.get("outputs", [])
     )
     assert images >= 1, f"{name} displayed no figure"
+    if name == "Quickstart":
+        # LiveCurves redraws one figure in place (a display update per epoch, two epochs in
+        # fast mode): one image output, where a display per epoch would leave two.
+        (cell,) = [cell for cell in nb.cells if "callbacks=[LiveCurves()]" in cell.source]
+        live = [out for out in cell.outputs if "image/png" in out.get("data", {})]
+        assert len(live) == 1, f"{len(live)} figures in the LiveCurves cell"
     for filename in EXPECTED_FIGURES[name]:
         path = figdir / filename
         assert path.is_file(), f"{name} did not write {filename} to {figdir}"

@@ -71,6 +71,7 @@ class Layer:
     shortcut: list = field(default_factory=list)  # res blocks: projection; [] is identity
 
     def key(self, param):
+        """The model's name for one of this layer's parameters, e.g. 'conv1.W'."""
         return f"{self.name}.{param}"
 
 
@@ -99,18 +100,24 @@ class Builder:
         self.scores_layer = None  # name of the layer computing the class scores
 
     def weight(self, name, shape, fan_in, scores=False):
+        """A weight drawn from N(0, init_std**2); ``scores``: the layer computing the class
+        scores (He initialisation scales it down)."""
         std = init_std(self.weight_scale, fan_in, scores)
         self.params[name] = (std * self.rng.standard_normal(shape)).astype(self.dtype)
 
     def constant(self, name, shape, value):
+        """A parameter filled with ``value`` (biases, batchnorm gamma and beta)."""
         self.params[name] = np.full(shape, value, dtype=self.dtype)
 
     def bn_param(self):
+        """A new batchnorm/groupnorm parameter dict, registered for the mode switch."""
         param = {"mode": "train"}
         self.bn_params.append(param)
         return param
 
     def dropout_param(self, keep):
+        """A new dropout parameter dict with keep probability ``keep``, registered for the
+        mode switch; with a model seed it carries a fixed per-layer mask seed."""
         param = {"mode": "train", "p": keep}
         if self.seed is not None:
             # Each dropout layer draws its own fixed seed so the layers' masks differ.
@@ -137,6 +144,7 @@ class Builder:
 
 
 def shape_text(shape):
+    """A shape as the summary table writes it: (32, 16, 16) -> '32 x 16 x 16'."""
     return " x ".join(map(str, shape))
 
 
@@ -425,6 +433,7 @@ class LayerTimes:
         self.seconds = defaultdict(float)
 
     def timed(self, kind, phase, fn, *args):
+        """fn(*args), its wall time added to ``seconds[(kind, phase)]``."""
         start = time.perf_counter()
         result = fn(*args)
         self.seconds[(kind, phase)] += time.perf_counter() - start

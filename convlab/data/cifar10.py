@@ -143,6 +143,7 @@ def load_CIFAR_batch(filename, dtype=np.float32):
 
 
 def missing_cifar_files(directory):
+    """The names of the CIFAR-10 batch files that ``directory`` lacks ([] when complete)."""
     directory = Path(directory)
     return [name for name in CIFAR10_FILES if not (directory / name).is_file()]
 
