@@ -23,7 +23,8 @@ from convlab import optim
 from convlab._checks import check_count
 from convlab.callbacks import Checkpoint, Curves, MetricsCSV
 from convlab.classifiers import ConvNet, FullyConnectedNet, ThreeLayerConvNet
-from convlab.classifiers.convnet_layers import VALID_KINDS, expand_spec, parse_layer
+from convlab.classifiers.convnet_grammar import expand_spec
+from convlab.classifiers.convnet_layers import VALID_KINDS, parse_layer
 from convlab.data import SOURCES, load_dataset, random_crop_flip
 from convlab.schedules import SCHEDULES
 from convlab.serialization import remove_stale_temporaries, save_model

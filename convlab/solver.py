@@ -5,8 +5,6 @@ stopping) lives in :mod:`convlab.callbacks`; learning-rate schedules in
 :mod:`convlab.schedules`.
 """
 
-import signal
-import threading
 import time
 
 import numpy as np
@@ -14,16 +12,12 @@ import numpy as np
 from convlab import optim
 from convlab._checks import check_labels
 from convlab.callbacks import Checkpoint, LambdaCallback, ProgressBar
+from convlab.interrupts import GracefulInterrupt, StopNow
 from convlab.layers import softmax_loss
 from convlab.schedules import SCHEDULES, make_schedule
 from convlab.serialization import atomic_savez, load_npz
 
 __all__ = ["SCHEDULES", "Solver", "StopNow"]
-
-
-class StopNow(KeyboardInterrupt):
-    """A second Ctrl-C: training stops at once, possibly mid-step, so the state in memory
-    is not saved (the last checkpoint stays as it was)."""
 
 _DEFAULTS = dict(
     update_rule="sgd", optim_config=None, lr_decay=1.0, batch_size=100, num_epochs=10,
@@ -146,7 +140,7 @@ class Solver:
         if self.on_epoch_end is not None:
             self.callbacks.append(LambdaCallback(self.on_epoch_end))
         self.stop_training = False
-        self._interrupted = None  # a threading.Event while train() runs
+        self._interrupt = GracefulInterrupt(say=self.print)  # SIGINT's handler in train()
         self.last_grads = {}
         self._reset()
 
@@ -368,12 +362,8 @@ class Solver:
             y_batch = y[i : i + batch_size]
             correct += int(np.sum(np.argmax(scores, axis=1) == y_batch))
             total_loss += softmax_loss(scores, y_batch)[0] * len(y_batch)
-            self._raise_if_interrupted()
+            self._interrupt.check()
         return correct / N, float(total_loss / N)
-
-    def _raise_if_interrupted(self):
-        if self._interrupted is not None and self._interrupted.is_set():
-            raise KeyboardInterrupt
 
     def print(self, line):
         """Print a line above any progress bar."""
@@ -414,55 +404,46 @@ class Solver:
             if method is not None:
                 method(self)
 
-    def _on_sigint(self, *_):
-        if self._interrupted.is_set():
-            raise StopNow
-        self._interrupted.set()
-        self.print("Interrupt: stopping after this step (press Ctrl-C again to stop now)")
-
     def train(self):
         """Run (or continue) optimisation, then load the best parameters into the model."""
-        num_iterations = self.num_iterations
-        self._interrupted = threading.Event()
-        previous_handler = None
-        if threading.current_thread() is threading.main_thread():
-            previous_handler = signal.signal(signal.SIGINT, self._on_sigint)
         lend_rng = getattr(self.model, "use_dropout_rng", None)
         if lend_rng is not None:
             lend_rng(self.rng)
         self.stop_training = False
         self._schedule = self._make_schedule()  # lr_schedule may have been set since __init__
         try:
-            if self.iteration == 0:
-                self._end_of_check()
-            self._callbacks("on_train_begin")
-            if self._check_pending:
-                self._finish_epoch()
-            self._epoch_start = time.perf_counter()
-            while self.iteration < num_iterations and not self.stop_training:
-                self._step()
-                self.iteration += 1
-                t = self.iteration
-                self._callbacks("on_step_end")
-                if self.verbose and self.print_every and (t - 1) % self.print_every == 0:
-                    loss = self.loss_history[-1]
-                    self.print(f"(Iteration {t} / {num_iterations}) loss: {loss:f}")
-                if t % self.iterations_per_epoch == 0:
-                    self.epoch += 1
-                    self.epoch_time_history.append(time.perf_counter() - self._epoch_start)
-                    if self._schedule is None:
-                        for config in self.optim_configs.values():
-                            if "learning_rate" in config:
-                                config["learning_rate"] *= self.lr_decay
-                    self._check_pending = True
-                    self._finish_epoch()
-                    self._epoch_start = time.perf_counter()
-                self._raise_if_interrupted()
+            with self._interrupt:
+                self._run_iterations()
         finally:
-            if previous_handler is not None:
-                signal.signal(signal.SIGINT, previous_handler)
             if lend_rng is not None:
                 lend_rng(None)
             self._callbacks("on_train_end")
-            self._interrupted = None
         self._load_model_state(self._best_state)
+
+    def _run_iterations(self):
+        num_iterations = self.num_iterations
+        if self.iteration == 0:
+            self._end_of_check()
+        self._callbacks("on_train_begin")
+        if self._check_pending:
+            self._finish_epoch()
+        self._epoch_start = time.perf_counter()
+        while self.iteration < num_iterations and not self.stop_training:
+            self._step()
+            self.iteration += 1
+            t = self.iteration
+            self._callbacks("on_step_end")
+            if self.verbose and self.print_every and (t - 1) % self.print_every == 0:
+                loss = self.loss_history[-1]
+                self.print(f"(Iteration {t} / {num_iterations}) loss: {loss:f}")
+            if t % self.iterations_per_epoch == 0:
+                self.epoch += 1
+                self.epoch_time_history.append(time.perf_counter() - self._epoch_start)
+                if self._schedule is None:
+                    for config in self.optim_configs.values():
+                        if "learning_rate" in config:
+                            config["learning_rate"] *= self.lr_decay
+                self._check_pending = True
+                self._finish_epoch()
+                self._epoch_start = time.perf_counter()
+            self._interrupt.check()

@@ -201,7 +201,7 @@ def test_a_second_ctrl_c_stops_at_once_without_saving(tmp_path):
         def on_step_end(self, solver):
             os.kill(os.getpid(), signal.SIGINT)
             time.sleep(0.05)  # the handler runs: "stopping after this step"
-            assert solver._interrupted.is_set()
+            assert solver._interrupt.requested
             os.kill(os.getpid(), signal.SIGINT)
             time.sleep(0.05)  # the handler raises StopNow here
             raise AssertionError("the second Ctrl-C did not stop training")

@@ -55,12 +55,12 @@ dict per batchnorm in the order the layers run (a block's shortcut_bn after its 
 import numpy as np
 
 from convlab.classifiers.base import Classifier
+from convlab.classifiers.convnet_grammar import expand_spec
 from convlab.classifiers.convnet_layers import (
     KINDS,
     Builder,
     Layer,
     LayerTimes,
-    expand_spec,
     parse_layer,
     run_backward,
     run_forward,

@@ -1,4 +1,6 @@
-"""The layers of a ConvNet: the architecture grammar and one LayerKind record per kind.
+"""The layers of a ConvNet: one LayerKind record per kind, and parse_layer, which reads a
+token into its kind (the grammar that splits an architecture string into tokens is in
+convnet_grammar.py).
 
 A LayerKind holds everything about one kind of layer: the pattern of its token in a spec,
 the form shown in error messages, and three functions:
@@ -50,12 +52,6 @@ from convlab.layers import (
 )
 
 _NUMBER = r"\d*\.?\d+"
-
-# Bounds on an architecture string, checked before anything is built or expanded: a spec
-# comes from command lines and saved model files, and "[[relu]x1000]x1000" must fail fast.
-MAX_SPEC_CHARS = 10_000
-MAX_LAYERS = 1_000
-MAX_NESTING = 8
 
 
 @dataclass
@@ -354,61 +350,6 @@ KINDS = {
                      _res_forward, _res_backward),
 }
 VALID_KINDS = ", ".join(kind.form for kind in KINDS.values()) + " and groups [...]xN"
-
-
-# ----------------------------------------------------------------------------- the grammar
-
-
-def _split_top_level(spec):
-    """Split spec at the commas outside brackets; ValueError on unbalanced brackets or
-    groups nested deeper than MAX_NESTING."""
-    items, depth, start = [], 0, 0
-    for i, char in enumerate(spec):
-        depth += {"[": 1, "]": -1}.get(char, 0)
-        if depth < 0:
-            raise ValueError(f"unbalanced ']' at position {i} of architecture {spec!r}")
-        if depth > MAX_NESTING:
-            raise ValueError(f"architecture nests groups deeper than {MAX_NESTING} levels")
-        if char == "," and depth == 0:
-            items.append(spec[start:i])
-            start = i + 1
-    if depth:
-        raise ValueError(f"unclosed '[' in architecture {spec!r}")
-    return [*items, spec[start:]]
-
-
-def expand_spec(spec):
-    """The layer tokens of a spec in order, each group [...]xN written out N times.
-
-    >>> expand_spec("[conv3-8, relu]x2, pool")
-    ['conv3-8', 'relu', 'conv3-8', 'relu', 'pool']
-    """
-    if len(spec) > MAX_SPEC_CHARS:
-        raise ValueError(f"architecture is {len(spec)} characters long; at most "
-                         f"{MAX_SPEC_CHARS} are accepted")
-    spec = "".join(spec.split()).lower()
-    tokens = []
-    for item in _split_top_level(spec):
-        group = re.fullmatch(r"\[(.*)\]x(\d+)", item)
-        if group:
-            repeat = int(group[2])
-            if repeat < 1:
-                raise ValueError(f"group {item!r} must repeat at least once")
-            inner = expand_spec(group[1])
-            # Checked before multiplying, so no oversized list is ever built.
-            if len(tokens) + len(inner) * repeat > MAX_LAYERS:
-                raise ValueError(f"architecture expands to more than {MAX_LAYERS} layers")
-            tokens += inner * repeat
-        elif not item or "[" in item or "]" in item:
-            raise ValueError(
-                f"malformed item {item!r} in architecture {spec!r}: expected a layer "
-                f"({VALID_KINDS})"
-            )
-        else:
-            tokens.append(item)
-    if len(tokens) > MAX_LAYERS:
-        raise ValueError(f"architecture expands to more than {MAX_LAYERS} layers")
-    return tokens
 
 
 def parse_layer(token):
