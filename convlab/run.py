@@ -30,12 +30,17 @@ from convlab.schedules import SCHEDULES
 from convlab.serialization import remove_stale_temporaries, save_model
 from convlab.solver import Solver, StopNow
 
-__all__ = ["RESUMABLE", "RunConfig", "RunDir", "TrainingInterrupted", "build_model", "run"]
+__all__ = ["DATA_FIELDS", "RESUMABLE", "RunConfig", "RunDir", "TrainingInterrupted", "build_model",
+           "load_config_dataset", "run"]
 
 MODEL_NAMES = tuple(dict.fromkeys(("fc", "threelayer", *ConvNet.PRESETS)))
 
 # What a resumed run may change: the rest decides what the checkpoint's numbers mean.
 RESUMABLE = ("epochs",)
+
+# The RunConfig fields that decide the dataset (load_config_dataset reads these only).
+DATA_FIELDS = ("data", "cifar10_dir", "val_per_class", "num_train", "builtin_size", "seed",
+               "dtype")
 
 # Keys of config.json files written before RunConfig existed (the CLI's flags); they are
 # run options, not configuration, and are dropped when such a file is read.
@@ -286,7 +291,8 @@ class RunDir:
         return float(rows[-1]["elapsed_s"]) if rows else 0.0
 
 
-def run(config, out="runs/latest", resume=False, force=False, verbose=1, callbacks=()):
+def run(config, out="runs/latest", resume=False, force=False, verbose=1, callbacks=(),
+        dataset=None):
     """Train the run ``config`` describes, writing its directory ``out``.
 
     A new run refuses a directory that holds an earlier run unless ``force=True`` (which
@@ -295,7 +301,8 @@ def run(config, out="runs/latest", resume=False, force=False, verbose=1, callbac
     that differs from the saved one only in the fields in RESUMABLE (e.g. more epochs:
     the learning-rate schedule then spans the new length). While it runs, ``out`` is locked
     against other processes. ``callbacks`` are extra Solver callbacks (e.g. to report each
-    epoch to a tuner).
+    epoch to a tuner). ``dataset``: what ``load_config_dataset(config)`` returns, when the
+    caller already has it (a tuning worker loads it once for all its trials).
 
     Returns a dict: ``best_val_acc``, ``test_acc`` (None without a test split),
     ``epochs`` (completed), ``elapsed_s``, ``history`` (loss_history, train_acc_history,
@@ -318,7 +325,15 @@ def run(config, out="runs/latest", resume=False, force=False, verbose=1, callbac
         if not resume:
             run_dir.start_fresh(force)
         run_dir.write_config(config)
-        return _train(config, run_dir, resume, verbose, callbacks)
+        return _train(config, run_dir, resume, verbose, callbacks, dataset)
+
+
+def load_config_dataset(config, progress=False):
+    """The dataset ``config`` trains on (load_dataset of its DATA_FIELDS)."""
+    return load_dataset(config.data, sizes=config.builtin_size, seed=config.seed,
+                        dtype=config.dtype, cifar10_dir=config.cifar10_dir,
+                        val_per_class=config.val_per_class, num_train=config.num_train,
+                        progress=progress)
 
 
 def _resumed_config(run_dir, requested):
@@ -338,13 +353,10 @@ def _resumed_config(run_dir, requested):
     return requested
 
 
-def _train(config, run_dir, resume, verbose, callbacks):
+def _train(config, run_dir, resume, verbose, callbacks, dataset):
     say = print if verbose else (lambda *args: None)
 
-    data = load_dataset(config.data, sizes=config.builtin_size, seed=config.seed,
-                        dtype=config.dtype, cifar10_dir=config.cifar10_dir,
-                        val_per_class=config.val_per_class, num_train=config.num_train,
-                        progress=bool(verbose))
+    data = dataset if dataset is not None else load_config_dataset(config, bool(verbose))
     if config.data == "auto" and data["source"] == "builtin":
         say("CIFAR-10 not found; training on the built-in offline dataset "
             "(see README to use CIFAR-10).")

@@ -27,7 +27,9 @@ from convlab.run import RunConfig, RunDir, TrainingInterrupted, run
 from convlab.schedules import SCHEDULES
 
 
-class _Parser(argparse.ArgumentParser):
+class OneLineErrorParser(argparse.ArgumentParser):
+    """An ArgumentParser whose usage errors are one line, like every other failure."""
+
     def error(self, message):
         # One line, like every other failure of the command.
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
@@ -35,12 +37,37 @@ class _Parser(argparse.ArgumentParser):
 
 def build_parser():
     """The command line; every RunConfig field is an option, with RunConfig's default."""
-    d = RunConfig()
-    p = _Parser(
+    p = OneLineErrorParser(
         prog="convlab-train",
         description="Train a convlab classifier on CIFAR-10, an image folder, or built-in data.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
+    add_config_arguments(p)
+    run_opts = p.add_argument_group("run")
+    run_opts.add_argument("--out", default="runs/latest",
+                          help="output directory: config.json, checkpoint.npz, metrics.csv, "
+                               "curves.png, model.npz")
+    run_opts.add_argument("--resume", action="store_true",
+                          help="continue the run in --out from its checkpoint, with its saved "
+                               "configuration; of the other options only --epochs may change")
+    run_opts.add_argument("--force", action="store_true",
+                          help="start a new run in --out even if it holds one (deleting it)")
+    run_opts.add_argument("--verbose", type=int, choices=[0, 1, 2], default=1,
+                          help="0: silent but for the result; 1: a progress bar per epoch and "
+                               "loss lines; 2: one line per epoch")
+    run_opts.add_argument("--quiet", action="store_const", const=0, dest="verbose",
+                          help="the same as --verbose 0")
+    run_opts.add_argument("--tensorboard", metavar="LOGDIR", default=None,
+                          help="also write TensorBoard logs (losses, accuracies, learning rate, "
+                               "weight and gradient histograms) to LOGDIR; needs "
+                               "pip install 'convlab[tensorboard]'")
+    return p
+
+
+def add_config_arguments(p):
+    """Add every RunConfig field to parser ``p`` as an option (groups data, model, training),
+    with RunConfig's default (convlab-tune uses them for the base configuration)."""
+    d = RunConfig()
     data = p.add_argument_group("data")
     data.add_argument("--data", default=d.data,
                       help="auto (CIFAR-10 when found, else builtin) | builtin | cifar10 | PATH "
@@ -98,26 +125,6 @@ def build_parser():
     train.add_argument("--seed", type=int, default=d.seed,
                        help="seeds the built-in data, the initial weights, batches, "
                             "augmentation and dropout masks")
-    run_opts = p.add_argument_group("run")
-    run_opts.add_argument("--out", default="runs/latest",
-                          help="output directory: config.json, checkpoint.npz, metrics.csv, "
-                               "curves.png, model.npz")
-    run_opts.add_argument("--resume", action="store_true",
-                          help="continue the run in --out from its checkpoint, with its saved "
-                               "configuration; of the other options only --epochs may change")
-    run_opts.add_argument("--force", action="store_true",
-                          help="start a new run in --out even if it holds one (deleting it)")
-    run_opts.add_argument("--verbose", type=int, choices=[0, 1, 2], default=1,
-                          help="0: silent but for the result; 1: a progress bar per epoch and "
-                               "loss lines; 2: one line per epoch")
-    run_opts.add_argument("--quiet", action="store_const", const=0, dest="verbose",
-                          help="the same as --verbose 0")
-    run_opts.add_argument("--tensorboard", metavar="LOGDIR", default=None,
-                          help="also write TensorBoard logs (losses, accuracies, learning rate, "
-                               "weight and gradient histograms) to LOGDIR; needs "
-                               "pip install 'convlab[tensorboard]'")
-    return p
-
 
 def config_from_args(args):
     """The RunConfig of parsed arguments (every RunConfig field is a flag)."""
