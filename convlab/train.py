@@ -126,6 +126,15 @@ def add_config_arguments(p):
                        help="seeds the built-in data, the initial weights, batches, "
                             "augmentation and dropout masks")
 
+
+def error_text(err):
+    """An expected failure in words for its one line: an OSError's reason and file (not
+    its errno tuple), else the exception's message."""
+    if isinstance(err, OSError) and err.filename:
+        return f"{err.strerror}: {err.filename}"
+    return str(err)
+
+
 def config_from_args(args):
     """The RunConfig of parsed arguments (every RunConfig field is a flag)."""
     return RunConfig.from_dict({name: getattr(args, name) for name in RunConfig().to_dict()})
@@ -165,9 +174,7 @@ def main(argv=None):
     except (OSError, ValueError, TypeError, FloatingPointError, ImportError) as err:
         # Expected failures (bad options or data, a busy or full output directory, a
         # diverging run) are one line, not a traceback.
-        message = str(err) if not isinstance(err, OSError) or not err.filename else (
-            f"{err.strerror}: {err.filename}")
-        print(f"convlab-train: error: {message}", file=sys.stderr)
+        print(f"convlab-train: error: {error_text(err)}", file=sys.stderr)
         return 2
     print(f"Best validation accuracy: {results['best_val_acc']:.4f}")
     if results["test_acc"] is None:

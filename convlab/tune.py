@@ -107,6 +107,7 @@ def tune_worker(plan, worker=0, say=print):
 
     ``plan`` is a dict: study, storage, n_trials, search (a list of NAME=SPEC), base (a
     RunConfig dict), out, sampler ('tpe' | 'random'), pruner ('median' | 'asha' | 'none'),
+    pruner_startup (completed trials before the median pruner acts),
     sampler_seed (None or an int; worker i uses seed + i). Returns the trials it ran."""
     optuna = import_optuna()
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -117,7 +118,8 @@ def tune_worker(plan, worker=0, say=print):
     sampler = (optuna.samplers.RandomSampler(seed=seed) if plan["sampler"] == "random"
                else optuna.samplers.TPESampler(seed=seed, n_startup_trials=5))
     study = optuna.load_study(study_name=plan["study"], storage=make_storage(plan["storage"]),
-                              sampler=sampler, pruner=make_pruner(plan["pruner"]))
+                              sampler=sampler,
+                              pruner=make_pruner(plan["pruner"], plan.get("pruner_startup", 5)))
     datasets = {}  # the data of each distinct DATA_FIELDS combination, loaded once
     host = socket.gethostname()
 
@@ -158,12 +160,15 @@ def tune_worker(plan, worker=0, say=print):
     return ran
 
 
-def make_pruner(name):
+def make_pruner(name, startup=5):
     """Optuna pruner by name: 'median' (stop a trial whose accuracy falls below the median
     of earlier trials at the same epoch), 'asha' (successive halving), or 'none'."""
     optuna = import_optuna()
     pruners = {
-        "median": lambda: optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=0),
+        # Not before ``startup`` trials completed, nor on a first epoch: too few or too noisy
+        # values make the median a high bar that prunes nearly everything.
+        "median": lambda: optuna.pruners.MedianPruner(n_startup_trials=startup,
+                                                      n_warmup_steps=2),  # steps: epochs
         "asha": lambda: optuna.pruners.SuccessiveHalvingPruner(min_resource=1,
                                                                reduction_factor=2),
         "none": optuna.pruners.NopPruner,
@@ -187,8 +192,8 @@ def safe_study_name(name):
 
 
 def tune(search, n_trials, study="convlab", out="tune", storage=None, workers=1, threads=None,
-         base=None, sampler="tpe", pruner="median", sampler_seed=None, enqueue=(),
-         verbose=True):
+         base=None, sampler="tpe", pruner="median", pruner_startup=5, sampler_seed=None,
+         enqueue=(), verbose=True):
     """Search ``search`` (see the module docstring) for the RunConfig with the best
     validation accuracy, in a study of ``n_trials`` trials, and write the results to ``out``.
 
@@ -199,7 +204,9 @@ def tune(search, n_trials, study="convlab", out="tune", storage=None, workers=1,
       ``n_trials`` (``threads`` BLAS/OpenMP threads each; default cores // workers, so
       they never oversubscribe the cores).
     - ``sampler``: 'tpe' or 'random' (``sampler_seed`` makes it repeatable); ``pruner``:
-      'median', 'asha' or 'none'. ``enqueue``: params dicts tried first in a new study.
+      'median' (from epoch 2 on, once ``pruner_startup`` trials completed), 'asha' or
+      'none'. ``enqueue``: params dicts tried first in a new study (a list field as its
+      text, "512-256").
 
     Calling it again with the same study and storage continues the study. Returns the
     results dict of :func:`convlab.tune_results.write_results` (leaderboard rows, best
@@ -217,7 +224,8 @@ def tune(search, n_trials, study="convlab", out="tune", storage=None, workers=1,
     if not isinstance(base, RunConfig):
         raise TypeError(f"base must be a RunConfig, got {type(base).__name__}")
     base.validate()
-    make_pruner(pruner)
+    check_count("pruner_startup", pruner_startup)
+    make_pruner(pruner, pruner_startup)
     if sampler not in ("tpe", "random"):
         raise ValueError(f"sampler {sampler!r} is not one of tpe, random")
     for params in enqueue:
@@ -229,7 +237,8 @@ def tune(search, n_trials, study="convlab", out="tune", storage=None, workers=1,
     storage = os.path.join(out, "study.journal") if storage is None else os.fspath(storage)
     plan = {"study": study, "storage": storage, "n_trials": n_trials,
             "search": [dim.spec() for dim in space.values()], "base": base.to_dict(),
-            "out": out, "sampler": sampler, "pruner": pruner, "sampler_seed": sampler_seed}
+            "out": out, "sampler": sampler, "pruner": pruner, "pruner_startup": pruner_startup,
+            "sampler_seed": sampler_seed}
     say = print if verbose else (lambda *args: None)
     with _journal_lock(storage):
         storage_obj = make_storage(storage)

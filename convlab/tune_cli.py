@@ -14,7 +14,7 @@ import argparse
 import json
 import sys
 
-from convlab.train import OneLineErrorParser, add_config_arguments, config_from_args
+from convlab.train import OneLineErrorParser, add_config_arguments, config_from_args, error_text
 
 
 def build_parser():
@@ -46,6 +46,9 @@ def build_parser():
                        help="Optuna sampler")
     study.add_argument("--pruner", choices=["median", "asha", "none"], default="median",
                        help="stops trials whose per-epoch validation accuracy lags")
+    study.add_argument("--pruner-startup", type=int, default=5,
+                       help="completed trials before the median pruner stops any (it never "
+                            "stops a trial at its first epoch)")
     study.add_argument("--sampler-seed", type=int, default=None,
                        help="seed of the sampler (worker i uses seed + i)")
     study.add_argument("--worker", default=None, help=argparse.SUPPRESS)
@@ -70,15 +73,13 @@ def main(argv=None):
         results = tune(args.search, args.n_trials, study=args.study, out=args.out,
                        storage=args.storage, workers=args.workers, threads=args.threads,
                        base=config_from_args(args), sampler=args.sampler, pruner=args.pruner,
-                       sampler_seed=args.sampler_seed)
+                       pruner_startup=args.pruner_startup, sampler_seed=args.sampler_seed)
     except KeyboardInterrupt:
         print("\nInterrupted; run the same command again to continue the study.",
               file=sys.stderr)
         return 130
     except (OSError, ValueError, TypeError, ImportError, RuntimeError) as err:
-        message = str(err) if not isinstance(err, OSError) or not err.filename else (
-            f"{err.strerror}: {err.filename}")
-        print(f"convlab-tune: error: {message}", file=sys.stderr)
+        print(f"convlab-tune: error: {error_text(err)}", file=sys.stderr)
         return 2
     return 0 if results["best"] is not None else 1
 

@@ -110,14 +110,16 @@ def test_study_with_two_workers_writes_results(tmp_path, capsys):
         assert (out / "plots" / f"{name}.png").read_bytes()[:4] == b"\x89PNG"
 
 
-def test_pruning_stops_an_obviously_bad_trial_after_one_epoch(tmp_path):
-    # Two good trials first, then a learning rate that cannot move the weights: at epoch 1
-    # it is still the untrained model (same seed), below the median of the good ones.
-    results = tune({"lr": ("choice", [2e-3, 1e-9])}, n_trials=3, out=tmp_path,
-                   base=BASE_CONFIG, sampler="random", pruner="median", verbose=False,
+def test_pruning_stops_an_obviously_bad_trial_at_its_first_check(tmp_path):
+    # Two good trials first, then a learning rate that cannot move the weights: at epoch 2
+    # (the median pruner leaves epoch 1 alone) it is still the untrained model (same seed),
+    # below the median of the good ones, and stops there instead of running epoch 3.
+    base = RunConfig(**{**BASE_CONFIG.to_dict(), "epochs": 3})
+    results = tune({"lr": ("choice", [2e-3, 1e-9])}, n_trials=3, out=tmp_path, base=base,
+                   sampler="random", pruner="median", pruner_startup=2, verbose=False,
                    enqueue=[{"lr": 2e-3}, {"lr": 2e-3}, {"lr": 1e-9}])
     states = {row["trial"]: (row["state"], row["epochs"]) for row in results["leaderboard"]}
-    assert states == {0: ("COMPLETE", 2), 1: ("COMPLETE", 2), 2: ("PRUNED", 1)}
+    assert states == {0: ("COMPLETE", 3), 1: ("COMPLETE", 3), 2: ("PRUNED", 2)}
     assert results["counts"] == {"COMPLETE": 2, "PRUNED": 1}
 
 
