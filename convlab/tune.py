@@ -263,15 +263,18 @@ def tune(search, n_trials, study="convlab", out="tune", storage=None, workers=1,
 
 def _check_same_search(study, plan):
     """A continued study must search what it searched when it was created."""
-    saved = study.user_attrs.get("search")
+    # One attribute, written in one call: a second machine starting at the same moment
+    # sees all of it or none of it (and then writes the same value).
+    wanted = {"search": plan["search"], "base": plan["base"]}
+    saved = study.user_attrs.get("plan")
     if saved is None:
-        study.set_user_attr("search", plan["search"])
-        study.set_user_attr("base", plan["base"])
-    elif saved != plan["search"] or study.user_attrs.get("base") != plan["base"]:
+        study.set_user_attr("plan", wanted)
+    elif saved != wanted:
+        changed = "search space" if saved["search"] != wanted["search"] else "base configuration"
         raise ValueError(
             f"study {plan['study']!r} in {plan['storage']} was created with search "
-            f"{' '.join(saved)} over another base configuration or space; continue it with "
-            "the same options, or give a new --study"
+            f"{' '.join(saved['search'])} and another {changed}; continue it with the same "
+            "options, or give a new --study"
         )
 
 
