@@ -1,0 +1,209 @@
+# ruff: noqa: NPY002  (the course seeds and draws from NumPy's global state; so do these tests)
+"""CS231n assignment 1: kNN, the SVM and softmax losses, the linear classifiers and the
+2017-2019 two-layer network, each against an independent reference (numerical gradients,
+the other implementation, broadcasting distances) and the course's published values."""
+
+import numpy as np
+import pytest
+
+from convlab.classifiers.k_nearest_neighbor import KNearestNeighbor
+from convlab.classifiers.linear_classifier import LinearSVM, Softmax
+from convlab.classifiers.linear_svm import svm_loss_naive, svm_loss_vectorized
+from convlab.classifiers.neural_net import TwoLayerNet
+from convlab.classifiers.softmax import softmax_loss_naive, softmax_loss_vectorized
+from convlab.gradient_check import eval_numerical_gradient, rel_error
+
+LOSSES = {"svm": (svm_loss_naive, svm_loss_vectorized),
+          "softmax": (softmax_loss_naive, softmax_loss_vectorized)}
+
+
+def _linear_problem(rng, N=40, D=12, C=5):
+    X = rng.standard_normal((N, D))
+    X[:, -1] = 1.0  # the course's bias trick
+    return rng.standard_normal((D, C)) * 0.1, X, rng.integers(C, size=N)
+
+
+# ----------------------------------------------------------------------------- losses
+
+
+@pytest.mark.parametrize("kind", sorted(LOSSES))
+@pytest.mark.parametrize("reg", [0.0, 0.3])
+def test_naive_and_vectorized_losses_agree_and_match_numerical_gradients(kind, reg, rng):
+    naive, vectorized = LOSSES[kind]
+    W, X, y = _linear_problem(rng)
+    loss_n, grad_n = naive(W, X, y, reg)
+    loss_v, grad_v = vectorized(W, X, y, reg)
+    assert loss_v == pytest.approx(loss_n, rel=1e-12)
+    assert rel_error(grad_n, grad_v) < 1e-10
+    numeric = eval_numerical_gradient(lambda w: vectorized(w, X, y, reg)[0], W.copy(),
+                                      verbose=False)
+    _assert_gradient_close(grad_v, numeric)
+
+
+def _assert_gradient_close(analytic, numeric):
+    # Centred differences of a float64 loss L ~ 1-10 carry ~eps |L| / h = 1e-10 absolute
+    # round-off (h = 1e-5): atol 1e-8 leaves 100x, rtol 1e-6 covers the truncation; a 1%
+    # error fails (test_a_wrong_gradient_fails_the_same_check).
+    np.testing.assert_allclose(analytic, numeric, rtol=1e-6, atol=1e-8)
+
+
+def test_a_wrong_gradient_fails_the_same_check(rng):
+    W, X, y = _linear_problem(rng)
+    numeric = eval_numerical_gradient(lambda w: svm_loss_vectorized(w, X, y, 0.0)[0], W.copy(),
+                                      verbose=False)
+    wrong = svm_loss_vectorized(W, X, y, 0.0)[1] * 1.01
+    with pytest.raises(AssertionError):
+        _assert_gradient_close(wrong, numeric)
+
+
+def test_closed_forms_at_zero_weights(rng):
+    _, X, y = _linear_problem(rng, C=10)
+    W = np.zeros((X.shape[1], 10))
+    # All scores equal: each of the 9 wrong classes has margin 1; softmax is uniform.
+    assert svm_loss_vectorized(W, X, y, 0.0)[0] == pytest.approx(9.0)
+    assert softmax_loss_vectorized(W, X, y, 0.0)[0] == pytest.approx(np.log(10))
+    assert softmax_loss_naive(W, X, y, 1.0)[0] == pytest.approx(np.log(10))  # reg * 0
+
+
+def test_losses_accept_integer_inputs_like_numpy(rng):
+    W, X, y = _linear_problem(rng)
+    Xi = np.rint(X * 10).astype(np.int64)
+    loss_i, grad_i = svm_loss_vectorized(W, Xi, y, 0.1)
+    loss_f, grad_f = svm_loss_vectorized(W, Xi.astype(np.float64), y, 0.1)
+    assert loss_i == loss_f and grad_i.dtype == np.float64
+    np.testing.assert_array_equal(grad_i, grad_f)
+
+
+@pytest.mark.parametrize("fn", [svm_loss_naive, svm_loss_vectorized, softmax_loss_naive,
+                                softmax_loss_vectorized])
+def test_losses_refuse_mismatched_shapes_and_labels(fn, rng):
+    W, X, y = _linear_problem(rng)
+    with pytest.raises(ValueError, match=r"expected W \(D, C\)"):
+        fn(W, X[:, :-1], y, 0.0)
+    with pytest.raises(ValueError, match="must lie in"):
+        fn(W, X, y + W.shape[1], 0.0)
+
+
+# ----------------------------------------------------------------------------- classifiers
+
+
+def _blobs(rng, n_per_class=60, D=8, C=4):
+    centres = rng.standard_normal((C, D)) * 4
+    X = np.concatenate([c + rng.standard_normal((n_per_class, D)) for c in centres])
+    X = np.hstack([X, np.ones((len(X), 1))])
+    return X, np.repeat(np.arange(C), n_per_class)
+
+
+@pytest.mark.parametrize("cls", [LinearSVM, Softmax])
+def test_linear_classifiers_learn_separable_data(cls, rng):
+    X, y = _blobs(rng)
+    model = cls(seed=0)
+    history = model.train(X, y, learning_rate=1e-2, reg=1e-4, num_iters=300, batch_size=50)
+    assert len(history) == 300 and np.mean(history[-20:]) < history[0] / 3
+    assert np.mean(model.predict(X) == y) > 0.95
+    again = cls(seed=0)
+    assert again.train(X, y, learning_rate=1e-2, reg=1e-4, num_iters=300, batch_size=50) == history
+
+
+def test_without_a_seed_draws_come_from_numpys_global_state(rng):
+    X, y = _blobs(rng)
+    runs = []
+    for _ in range(2):
+        np.random.seed(231)
+        model = LinearSVM()
+        runs.append((model.train(X, y, num_iters=20, batch_size=10), model.W.copy()))
+    assert runs[0][0] == runs[1][0]
+    np.testing.assert_array_equal(runs[0][1], runs[1][1])
+    # The course's first draw: W = 0.001 * randn(D, C) from the seeded global state.
+    np.random.seed(231)
+    model = LinearSVM()
+    model.train(X, y, num_iters=0)
+    np.testing.assert_array_equal(model.W, 0.001 * np.random.RandomState(231).randn(9, 4))
+
+
+def test_linear_classifier_errors(rng):
+    X, y = _blobs(rng)
+    with pytest.raises(ValueError, match="train"):
+        Softmax().predict(X)
+    model = Softmax(seed=0)
+    with np.errstate(over="ignore", invalid="ignore"), \
+            pytest.raises(FloatingPointError, match="iteration"):
+        model.train(X * 1e200, y, learning_rate=1e10, num_iters=5)
+    with pytest.raises(ValueError, match=r"X must be \(N, 9\)"):
+        model.predict(X[:, :3])
+
+
+# ----------------------------------------------------------------------------- kNN
+
+
+def test_knn_distances_agree_with_broadcasting(rng):
+    knn = KNearestNeighbor()
+    X_train = rng.integers(0, 256, size=(30, 20)).astype(np.float32)  # pixel-like values
+    knn.train(X_train, rng.integers(3, size=30))
+    X_test = rng.integers(0, 256, size=(7, 20)).astype(np.float32)
+    reference = np.linalg.norm(X_test[:, None, :].astype(np.float64) - X_train[None], axis=2)
+    for dists in (knn.compute_distances_two_loops(X_test), knn.compute_distances_one_loop(X_test),
+                  knn.compute_distances_no_loops(X_test)):
+        np.testing.assert_allclose(dists, reference, rtol=1e-6)
+
+
+def test_knn_votes_and_ties():
+    knn = KNearestNeighbor()
+    knn.train(np.array([[0.0], [1.0], [2.0], [10.0]]), np.array([2, 1, 1, 0]))
+    np.testing.assert_array_equal(knn.predict(np.array([[0.1], [9.0]]), k=1), [2, 0])
+    np.testing.assert_array_equal(knn.predict(np.array([[0.1]]), k=3, num_loops=1), [1])
+    # k=2 near 0.5: labels 2 and 1 tie; the smaller label wins, as np.argmax of bincount.
+    np.testing.assert_array_equal(knn.predict(np.array([[0.5]]), k=2, num_loops=2), [1])
+    with pytest.raises(ValueError, match="num_loops"):
+        knn.predict(np.zeros((1, 1)), num_loops=3)
+
+
+# ----------------------------------------------------------------------------- TwoLayerNet
+
+
+def _toy():
+    """The course's two_layer_net notebook: its toy model and data, in its call order."""
+    np.random.seed(1)
+    X = 10 * np.random.randn(5, 4)
+    y = np.array([0, 1, 2, 2, 1])
+    np.random.seed(0)
+    return TwoLayerNet(4, 10, 3, std=1e-1), X, y
+
+
+def test_two_layer_net_reproduces_the_published_values():
+    net, X, y = _toy()
+    correct_scores = np.array([[-0.81233741, -1.27654624, -0.70335995],
+                               [-0.17129677, -1.18803311, -0.47310444],
+                               [-0.51590475, -1.01354314, -0.8504215],
+                               [-0.15419291, -0.48629638, -0.52901952],
+                               [-0.00618733, -0.12435261, -0.15226949]])
+    assert np.abs(net.loss(X) - correct_scores).max() < 1e-7
+    assert net.loss(X, y, reg=0.05)[0] == pytest.approx(1.30378789133, abs=1e-10)
+    net, X, y = _toy()
+    stats = net.train(X, y, X, y, learning_rate=1e-1, reg=5e-6, num_iters=100)
+    assert stats["loss_history"][-1] == pytest.approx(0.017149607938732093, rel=1e-9)
+
+
+def test_two_layer_net_gradients(rng):
+    net = TwoLayerNet(6, 7, 4, std=0.5, seed=3)
+    X, y = rng.standard_normal((9, 6)), rng.integers(4, size=9)
+    _, grads = net.loss(X, y, reg=0.05)
+    for name in net.params:
+        numeric = eval_numerical_gradient(lambda _: net.loss(X, y, reg=0.05)[0],
+                                          net.params[name], verbose=False)
+        assert rel_error(grads[name], numeric) < 1e-7, name
+    grads["W1"] *= 1.01
+    numeric = eval_numerical_gradient(lambda _: net.loss(X, y, reg=0.05)[0], net.params["W1"],
+                                      verbose=False)
+    assert rel_error(grads["W1"], numeric) > 1e-3  # the check sees a 1% error
+
+
+def test_two_layer_net_trains_and_checks_its_input(rng):
+    X, y = _blobs(rng)
+    net = TwoLayerNet(X.shape[1], 20, 4, std=1e-1, seed=0)
+    stats = net.train(X, y, X, y, learning_rate=5e-2, num_iters=200, batch_size=40)
+    assert stats["val_acc_history"][-1] > 0.9 and len(stats["train_acc_history"]) >= 30
+    with pytest.raises(ValueError, match=r"X must be \(N, 9\)"):
+        net.loss(X[:, :2])
+    with pytest.raises(ValueError, match="must lie in"):
+        net.loss(X, y + 4)
