@@ -62,3 +62,22 @@ def rel_error(x, y):
     """Largest elementwise relative error max |x - y| / max(1e-8, |x| + |y|)."""
     x, y = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
     return float(np.max(np.abs(x - y) / np.maximum(1e-8, np.abs(x) + np.abs(y))))
+
+
+def eval_numerical_gradient_blobs(f, inputs, output, h=1e-5):
+    """Numerical gradients for functions on blobs (objects with ``vals`` and ``diffs``
+    arrays, the course's older layer style): f(*inputs, output) writes output.vals; returns
+    for each input blob the gradient of sum(output.vals * output.diffs) w.r.t. its vals."""
+    def output_of(_):
+        f(*inputs, output)
+        return output.vals
+
+    return [eval_numerical_gradient_array(output_of, blob.vals, output.diffs, h)
+            for blob in inputs]
+
+
+def eval_numerical_gradient_net(net, inputs, output, h=1e-5):
+    """eval_numerical_gradient_blobs for a net whose forward() reads ``inputs`` and writes
+    ``output``."""
+    return eval_numerical_gradient_blobs(lambda *args: net.forward(), inputs, output, h=h)
+

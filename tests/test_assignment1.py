@@ -1,7 +1,8 @@
 # ruff: noqa: NPY002  (the course seeds and draws from NumPy's global state; so do these tests)
-"""CS231n assignment 1: kNN, the SVM and softmax losses, the linear classifiers and the
-2017-2019 two-layer network, each against an independent reference (numerical gradients,
-the other implementation, broadcasting distances) and the course's published values."""
+"""CS231n assignment 1: kNN, the SVM and softmax losses, the linear classifiers, the
+2017-2019 two-layer network, image features, im2col by indexing and blob gradients, each
+against an independent reference (numerical gradients, the other implementation, loops,
+closed forms, the compiled layout) and the course's published values."""
 
 import numpy as np
 import pytest
@@ -11,7 +12,14 @@ from convlab.classifiers.linear_classifier import LinearSVM, Softmax
 from convlab.classifiers.linear_svm import svm_loss_naive, svm_loss_vectorized
 from convlab.classifiers.neural_net import TwoLayerNet
 from convlab.classifiers.softmax import softmax_loss_naive, softmax_loss_vectorized
-from convlab.gradient_check import eval_numerical_gradient, rel_error
+from convlab.fast_layers import col2im_cython, im2col_cython
+from convlab.features import color_histogram_hsv, extract_features, hog_feature
+from convlab.gradient_check import (
+    eval_numerical_gradient,
+    eval_numerical_gradient_blobs,
+    rel_error,
+)
+from convlab.im2col import col2im_indices, im2col_indices
 
 LOSSES = {"svm": (svm_loss_naive, svm_loss_vectorized),
           "softmax": (softmax_loss_naive, softmax_loss_vectorized)}
@@ -207,3 +215,78 @@ def test_two_layer_net_trains_and_checks_its_input(rng):
         net.loss(X[:, :2])
     with pytest.raises(ValueError, match="must lie in"):
         net.loss(X, y + 4)
+
+
+# ----------------------------------------------------------------------------- features
+
+
+def _hog_by_loops(image, orientations=9, cell=8):
+    """HOG as the definition reads, pixel by pixel: an independent reference."""
+    gray = image @ np.array([0.299, 0.587, 0.144])
+    H, W = gray.shape
+    out = np.zeros((W // cell, H // cell, orientations))
+    for r in range(H // cell * cell):
+        for c in range(W // cell * cell):
+            gx = gray[r, c + 1] - gray[r, c] if c + 1 < W else 0.0
+            gy = gray[r + 1, c] - gray[r, c] if r + 1 < H else 0.0
+            angle = np.degrees(np.arctan2(gy, gx + 1e-15)) + 90
+            b = int(angle // (180 / orientations))
+            if angle > 0 and b < orientations:
+                out[c // cell, r // cell, b] += np.hypot(gx, gy) / cell ** 2
+    return out.ravel()
+
+
+def test_hog_matches_its_definition(rng):
+    image = rng.integers(0, 256, size=(16, 24, 3)).astype(np.float64)
+    np.testing.assert_allclose(hog_feature(image), _hog_by_loops(image), rtol=1e-10, atol=1e-12)
+    assert hog_feature(image).shape == (3 * 2 * 9,)
+
+
+def test_color_histogram_hsv():
+    red = np.zeros((4, 4, 3))
+    red[..., 0] = 255
+    hist = color_histogram_hsv(red, nbin=10)
+    assert hist.sum() == pytest.approx(1.0) and hist[0] == pytest.approx(1.0)
+    blue = np.zeros((4, 4, 3))
+    blue[..., 2] = 255  # hue 240 degrees: 2/3 of the range
+    assert np.argmax(color_histogram_hsv(blue, nbin=10)) == 6
+
+
+def test_extract_features_stacks_every_function(rng):
+    imgs = rng.integers(0, 256, size=(5, 32, 32, 3)).astype(np.float64)
+    feats = extract_features(imgs, [hog_feature, lambda im: color_histogram_hsv(im, nbin=7)])
+    assert feats.shape == (5, 4 * 4 * 9 + 7)
+    np.testing.assert_array_equal(feats[3, :144], hog_feature(imgs[3]))
+    with pytest.raises(ValueError, match="non-empty"):
+        extract_features(imgs[:0], [hog_feature])
+
+
+# ----------------------------------------------------------------------------- im2col, blobs
+
+
+@pytest.mark.parametrize("geometry", [(3, 3, 1, 1), (2, 2, 0, 2), (5, 3, 2, 1)])
+def test_im2col_indices_equals_the_compiled_layout(geometry, rng):
+    fh, fw, pad, stride = geometry
+    x = rng.standard_normal((2, 3, 7, 7))
+    cols = im2col_indices(x, fh, fw, padding=pad, stride=stride)
+    np.testing.assert_array_equal(cols, im2col_cython(x, fh, fw, pad, stride))
+    back = col2im_indices(cols, x.shape, fh, fw, padding=pad, stride=stride)
+    np.testing.assert_allclose(back, col2im_cython(cols, 2, 3, 7, 7, fh, fw, pad, stride),
+                               rtol=1e-12)
+
+
+def test_numerical_gradients_of_blobs(rng):
+    class Blob:
+        def __init__(self, vals):
+            self.vals, self.diffs = vals, np.zeros_like(vals)
+
+    a, b = Blob(rng.standard_normal((3, 4))), Blob(rng.standard_normal((4, 2)))
+    out = Blob(np.zeros((3, 2)))
+    out.diffs = rng.standard_normal((3, 2))
+
+    def matmul(x, y, result):
+        result.vals = x.vals @ y.vals
+
+    da, db = eval_numerical_gradient_blobs(matmul, (a, b), out)
+    np.testing.assert_allclose(da, out.diffs @ b.vals.T, rtol=1e-7)   # closed forms
+    np.testing.assert_allclose(db, a.vals.T @ out.diffs, rtol=1e-7)
