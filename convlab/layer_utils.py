@@ -1,14 +1,18 @@
 """Sandwich layers: common sequences of layers with one forward and one backward each.
 
-Convolutions and pooling go through the compiled fast path (convlab.fast_layers).
+Convolutions and pooling go through the compiled fast path (convlab.fast_layers). As
+cs231n's layer_utils.py, this module star-imports the layers and the fast layers, so
+``from convlab.layer_utils import *`` brings them too.
 """
 
+from convlab.fast_layers import *  # noqa: F403
 from convlab.fast_layers import (
     conv_backward_fast,
     conv_forward_fast,
     max_pool_backward_fast,
     max_pool_forward_fast,
 )
+from convlab.layers import *  # noqa: F403
 from convlab.layers import (
     affine_backward,
     affine_forward,

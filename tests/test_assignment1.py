@@ -290,3 +290,25 @@ def test_numerical_gradients_of_blobs(rng):
     da, db = eval_numerical_gradient_blobs(matmul, (a, b), out)
     np.testing.assert_allclose(da, out.diffs @ b.vals.T, rtol=1e-7)   # closed forms
     np.testing.assert_allclose(db, a.vals.T @ out.diffs, rtol=1e-7)
+
+
+# ----------------------------------------------------------------------------- star imports
+
+
+@pytest.mark.parametrize("module, names", [
+    ("convlab.classifiers.fc_net", ["FullyConnectedNet", "TwoLayerNet", "affine_forward",
+                                    "relu_forward", "batchnorm_forward", "softmax_loss",
+                                    "dropout_forward", "affine_relu_forward", "np"]),
+    ("convlab.classifiers.cnn", ["ThreeLayerConvNet", "conv_forward_naive",
+                                 "conv_forward_fast", "max_pool_forward_fast",
+                                 "conv_relu_pool_forward", "spatial_batchnorm_forward"]),
+    ("convlab.layer_utils", ["affine_relu_forward", "conv_bn_relu_forward", "affine_forward",
+                             "conv_forward_fast", "conv_backward_fast"]),
+])
+def test_star_imports_export_what_the_course_modules_do(module, names):
+    # cs231n's fc_net.py, cnn.py and layer_utils.py star-import the layers, so notebooks
+    # that star-import them call e.g. batchnorm_forward directly.
+    namespace = {}
+    exec(f"from {module} import *", namespace)
+    missing = [name for name in names if name not in namespace]
+    assert not missing, f"{module} does not export {missing}"

@@ -1,14 +1,22 @@
-"""Convolutional networks."""
+"""Convolutional networks.
+
+As cs231n's classifiers/cnn.py, this module star-imports the layers, the
+fast layers and the sandwich layers, so ``from convlab.classifiers.cnn import *`` also
+brings ``conv_forward_fast``, ``conv_relu_pool_forward`` ... as course notebooks expect.
+"""
 
 import numpy as np
 
 from convlab.classifiers.base import Classifier, init_std
+from convlab.fast_layers import *  # noqa: F403
+from convlab.layer_utils import *  # noqa: F403
 from convlab.layer_utils import (
     affine_relu_backward,
     affine_relu_forward,
     conv_relu_pool_backward,
     conv_relu_pool_forward,
 )
+from convlab.layers import *  # noqa: F403
 from convlab.layers import affine_backward, affine_forward, softmax_loss
 
 

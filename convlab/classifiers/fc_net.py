@@ -1,15 +1,23 @@
-"""Fully connected networks: TwoLayerNet and FullyConnectedNet."""
+"""Fully connected networks: TwoLayerNet and FullyConnectedNet.
+
+As cs231n's classifiers/fc_net.py, this module star-imports the layers and
+sandwich layers, so ``from convlab.classifiers.fc_net import *`` also brings
+``affine_forward``, ``batchnorm_forward``, ``affine_relu_forward`` ... as course notebooks
+expect.
+"""
 
 import numpy as np
 
 from convlab._checks import check_keep_probability
 from convlab.classifiers.base import Classifier, init_std
+from convlab.layer_utils import *  # noqa: F403
 from convlab.layer_utils import (
     affine_norm_relu_backward,
     affine_norm_relu_forward,
     affine_relu_backward,
     affine_relu_forward,
 )
+from convlab.layers import *  # noqa: F403
 from convlab.layers import (
     affine_backward,
     affine_forward,
