@@ -14,6 +14,7 @@ import pickle
 import struct
 import tarfile
 import threading
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -332,6 +333,17 @@ def test_find_CIFAR10_dir_user_cache(tmp_path, monkeypatch):
     assert du.default_data_dir() == str(tmp_path / "home" / ".cache" / "convlab")
 
 
+@pytest.mark.parametrize("layout", [("cs231n", "datasets"), ("datasets",)])
+def test_find_CIFAR10_dir_in_the_course_layouts(layout, tmp_path, monkeypatch):
+    # Assignment notebooks keep the data in cs231n/datasets next to them (or ./datasets).
+    notebook_dir = tmp_path / "assignment2"
+    root, _ = make_cifar_dir(notebook_dir.joinpath(*layout))
+    monkeypatch.chdir(notebook_dir)
+    assert find_CIFAR10_dir() == str(root)
+    assert get_CIFAR10_data(num_training=10, num_validation=5, num_test=5)["X_train"].shape \
+        == (10, 3, 32, 32)
+
+
 def test_find_CIFAR10_dir_not_found_message(tmp_path, monkeypatch):
     env_dir = tmp_path / "envdata"
     env_dir.mkdir()
@@ -343,6 +355,7 @@ def test_find_CIFAR10_dir_not_found_message(tmp_path, monkeypatch):
     assert str(env_dir) in msg
     assert str(tmp_path / "xdg-cache" / "convlab") in msg
     assert "CONVLAB_DATA" in msg
+    assert str(Path("cs231n", "datasets", "cifar-10-batches-py").absolute()) in msg
 
     with pytest.raises(FileNotFoundError) as exc:
         find_CIFAR10_dir(tmp_path / "explicit")

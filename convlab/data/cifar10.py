@@ -204,9 +204,10 @@ def find_CIFAR10_dir(cifar10_dir=None):
     """Return the path (str) of a complete ``cifar-10-batches-py`` directory.
 
     Search order: ``cifar10_dir`` if given (only that place is searched), else
-    ``$CONVLAB_DATA`` if set, then the per-user cache ``$XDG_CACHE_HOME/convlab`` (default
-    ``~/.cache/convlab``). Each place may hold the batch files directly or a
-    ``cifar-10-batches-py`` sub-directory.
+    ``$CONVLAB_DATA`` if set, then the course's layouts relative to the working directory
+    (``cs231n/datasets`` and ``datasets``, where assignment notebooks keep the data), then
+    the per-user cache ``$XDG_CACHE_HOME/convlab`` (default ``~/.cache/convlab``). Each
+    place may hold the batch files directly or a ``cifar-10-batches-py`` sub-directory.
 
     Raises FileNotFoundError listing every place looked and the command that downloads the
     data.
@@ -218,7 +219,9 @@ def find_CIFAR10_dir(cifar10_dir=None):
         env = os.environ.get("CONVLAB_DATA")
         if env:
             bases.append(("$CONVLAB_DATA", Path(env).expanduser()))
-        bases.append(("user cache", _user_cache_dir()))
+        bases += [("course layout", Path("cs231n", "datasets").absolute()),
+                  ("course layout", Path("datasets").absolute()),
+                  ("user cache", _user_cache_dir())]
     looked = []
     for label, base in bases:
         for cand in (base / CIFAR10_DIRNAME, base):
