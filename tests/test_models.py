@@ -83,6 +83,14 @@ def test_fully_connected_net_accepts_legacy_names(rng):
     model = FullyConnectedNet([4], input_dim=3, dropout=0.5, normalization="batch_norm", seed=0)
     assert model.use_dropout and model.normalization == "batchnorm"
     assert "gamma1" in model.params and "gamma2" not in model.params
+    # The 2017 edition: use_batchnorm=True, and dropout=0 for "no dropout".
+    model = FullyConnectedNet([4, 4], input_dim=3, dropout=0, use_batchnorm=True, seed=0)
+    assert not model.use_dropout and model.normalization == "batchnorm"
+    assert {"gamma1", "gamma2"} <= set(model.params)
+    assert not FullyConnectedNet([4], input_dim=3, dropout=1).use_dropout  # 2018's "off"
+    assert FullyConnectedNet([4], input_dim=3, use_batchnorm=False).normalization is None
+    with pytest.raises(ValueError, match="conflicts"):
+        FullyConnectedNet([4], input_dim=3, use_batchnorm=True, normalization="layernorm")
 
 
 def test_conv_net_gradients(rng):

@@ -93,10 +93,12 @@ class FullyConnectedNet(Classifier):
     """{affine - [batchnorm | layernorm] - relu - [dropout]} x (L - 1) - affine - softmax.
 
     Params: W1..WL, b1..bL, and gamma1..gamma(L-1), beta1..beta(L-1) with normalization.
-    ``dropout_keep_ratio`` (legacy keyword ``dropout``) is the keep probability; 1 disables
-    dropout. ``seed`` seeds the weight initialisation and fixes the dropout mask, which makes
-    the loss deterministic for gradient checks; the Solver draws fresh masks from its own
-    generator while it trains (see Classifier.use_dropout_rng).
+    ``dropout_keep_ratio`` is the keep probability; 1 disables dropout. Earlier editions'
+    keywords: ``dropout`` (2018: the keep probability, 1 = off; 2017: 0 = off, so
+    ``dropout=0`` also means no dropout) and ``use_batchnorm=True`` (2017-2018:
+    ``normalization='batchnorm'``). ``seed`` seeds the weight initialisation and fixes the
+    dropout mask, which makes the loss deterministic for gradient checks; the Solver draws
+    fresh masks from its own generator while it trains (see Classifier.use_dropout_rng).
     L2 loss is 0.5 * reg * sum(W^2) over the weights only. ``weight_scale=None`` initialises
     each layer with He's std sqrt(2 / fan_in) instead of one fixed scale.
     """
@@ -113,9 +115,17 @@ class FullyConnectedNet(Classifier):
         dtype=np.float32,
         seed=None,
         dropout=None,
+        use_batchnorm=None,
     ):
         if dropout is not None:
-            dropout_keep_ratio = dropout
+            # 2017's dropout=0 ("dropout strength 0") is no dropout; otherwise 2018's keep
+            # probability.
+            dropout_keep_ratio = 1 if dropout == 0 else dropout
+        if use_batchnorm:
+            if normalization not in (None, "batchnorm", "batch_norm"):
+                raise ValueError(f"use_batchnorm=True conflicts with normalization="
+                                 f"{normalization!r}")
+            normalization = "batchnorm"
         if normalization not in NORMALIZATIONS:
             raise ValueError(
                 f"normalization must be None, 'batchnorm' or 'layernorm', got {normalization!r}"
