@@ -7,6 +7,7 @@ closed forms, the compiled layout) and the course's published values."""
 import numpy as np
 import pytest
 
+from convlab.classifiers.fc_net import FullyConnectedNet
 from convlab.classifiers.k_nearest_neighbor import KNearestNeighbor
 from convlab.classifiers.linear_classifier import LinearSVM, Softmax
 from convlab.classifiers.linear_svm import svm_loss_naive, svm_loss_vectorized
@@ -312,3 +313,27 @@ def test_star_imports_export_what_the_course_modules_do(module, names):
     exec(f"from {module} import *", namespace)
     missing = [name for name in names if name not in namespace]
     assert not missing, f"{module} does not export {missing}"
+
+
+# ----------------------------------------------------------------------------- course seeds
+
+
+def test_unseeded_models_draw_like_the_course_and_seeded_ones_do_not():
+    # FullyConnectedNets notebook (2019+): its published initial losses.
+    np.random.seed(231)
+    N, D, H1, H2, C = 2, 15, 20, 30, 10
+    X = np.random.randn(N, D)
+    y = np.random.randint(C, size=(N,))
+    published = {0: 2.300479089768492, 3.14: 7.052114776533016}
+    for reg, expected in published.items():
+        model = FullyConnectedNet([H1, H2], input_dim=D, num_classes=C, reg=reg,
+                                  weight_scale=5e-2, dtype=np.float64)
+        assert model.loss(X, y)[0] == pytest.approx(expected, rel=1e-12)
+    # An explicit seed keeps convlab's own Generator: the global state is not read.
+    np.random.seed(0)
+    a = FullyConnectedNet([H1], input_dim=D, seed=7).params["W1"]
+    np.random.seed(1)
+    b = FullyConnectedNet([H1], input_dim=D, seed=7).params["W1"]
+    np.testing.assert_array_equal(a, b)
+    np.testing.assert_array_equal(
+        a, (1e-2 * np.random.default_rng(7).standard_normal((D, H1))).astype(np.float32))

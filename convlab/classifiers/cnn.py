@@ -7,6 +7,7 @@ brings ``conv_forward_fast``, ``conv_relu_pool_forward`` ... as course notebooks
 
 import numpy as np
 
+from convlab._course_random import CourseRandom
 from convlab.classifiers.base import Classifier, init_std
 from convlab.fast_layers import *  # noqa: F403
 from convlab.layer_utils import *  # noqa: F403
@@ -64,7 +65,7 @@ class ThreeLayerConvNet(Classifier):
         self.conv_param = {"stride": 1, "pad": (filter_size - 1) // 2}
         self.pool_param = {"pool_height": 2, "pool_width": 2, "stride": 2}
 
-        rng = np.random.default_rng(seed)
+        rng = CourseRandom(seed)  # seed None: NumPy's global state, as the course draws
         pooled_dim = num_filters * (H // 2) * (W // 2)
         weight_shapes = [
             (num_filters, C, filter_size, filter_size),
@@ -75,7 +76,7 @@ class ThreeLayerConvNet(Classifier):
         for i, shape in enumerate(weight_shapes, start=1):
             fan_in = int(np.prod(shape[1:])) if i == 1 else shape[0]
             std = init_std(weight_scale, fan_in, scores=i == len(weight_shapes))
-            self.params[f"W{i}"] = (std * rng.standard_normal(shape)).astype(dtype)
+            self.params[f"W{i}"] = (std * rng.randn(*shape)).astype(dtype)
             # The bias has one entry per output unit: filters for the conv, columns otherwise.
             self.params[f"b{i}"] = np.zeros(shape[0] if i == 1 else shape[1], dtype=dtype)
 

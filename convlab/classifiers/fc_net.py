@@ -9,6 +9,7 @@ expect.
 import numpy as np
 
 from convlab._checks import check_keep_probability
+from convlab._course_random import CourseRandom
 from convlab.classifiers.base import Classifier, init_std
 from convlab.layer_utils import *  # noqa: F403
 from convlab.layer_utils import (
@@ -64,11 +65,11 @@ class TwoLayerNet(Classifier):
         self.num_classes = num_classes
         self.reg = reg
         self.dtype = np.dtype(dtype)
-        rng = np.random.default_rng(seed)
+        rng = CourseRandom(seed)  # seed None: NumPy's global state, as the course draws
         self.params = {
-            "W1": (weight_scale * rng.standard_normal((input_dim, hidden_dim))).astype(dtype),
+            "W1": (weight_scale * rng.randn(input_dim, hidden_dim)).astype(dtype),
             "b1": np.zeros(hidden_dim, dtype=dtype),
-            "W2": (weight_scale * rng.standard_normal((hidden_dim, num_classes))).astype(dtype),
+            "W2": (weight_scale * rng.randn(hidden_dim, num_classes)).astype(dtype),
             "b2": np.zeros(num_classes, dtype=dtype),
         }
 
@@ -150,13 +151,13 @@ class FullyConnectedNet(Classifier):
         self.input_shape = (input_dim,)
         self.dtype = np.dtype(dtype)
 
-        rng = np.random.default_rng(seed)
+        rng = CourseRandom(seed)  # seed None: NumPy's global state, as the course draws
         dims = [input_dim, *hidden_dims, num_classes]
         self.params = {}
         for i in range(1, self.num_layers + 1):
             fan_in, fan_out = dims[i - 1], dims[i]
             std = init_std(weight_scale, fan_in, scores=i == self.num_layers)
-            self.params[f"W{i}"] = (std * rng.standard_normal((fan_in, fan_out))).astype(dtype)
+            self.params[f"W{i}"] = (std * rng.randn(fan_in, fan_out)).astype(dtype)
             self.params[f"b{i}"] = np.zeros(fan_out, dtype=dtype)
             if self.normalization and i < self.num_layers:
                 self.params[f"gamma{i}"] = np.ones(fan_out, dtype=dtype)
