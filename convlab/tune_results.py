@@ -7,7 +7,7 @@ import os
 import shutil
 import warnings
 
-from convlab.run import RunConfig
+from convlab.run import RunConfig, RunDir
 
 __all__ = ["format_leaderboard", "leaderboard", "write_results"]
 
@@ -91,16 +91,13 @@ def _write_trials_csv(rows, path):
 def _copy_best(best, config, directory, say):
     """The best trial's config.json, and its model.npz when it was trained on this machine
     (a trial of another machine keeps its model there; its path is in trials.csv)."""
-    os.makedirs(directory, exist_ok=True)
-    config_path = os.path.join(directory, "config.json")
-    with open(config_path + ".tmp", "w") as f:
-        f.write(config.to_json())
-    os.replace(config_path + ".tmp", config_path)
-    written = [config_path]
+    best_dir = RunDir(directory)  # the files a run directory holds, under their usual names
+    best_dir.write_config(config)
+    written = [best_dir.config_json]
     model = os.path.join(best["out"] or "", "model.npz")
     if best["out"] and os.path.isfile(model):
-        shutil.copyfile(model, os.path.join(directory, "model.npz"))
-        written.append(os.path.join(directory, "model.npz"))
+        shutil.copyfile(model, best_dir.model_npz)
+        written.append(best_dir.model_npz)
     else:
         say(f"the best trial's model.npz is on {best['host']} in {best['out']}")
     return written
