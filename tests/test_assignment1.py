@@ -276,6 +276,14 @@ def test_im2col_indices_equals_the_compiled_layout(geometry, rng):
                                rtol=1e-12)
 
 
+def test_col2im_indices_refuses_columns_of_another_geometry(rng):
+    cols = im2col_indices(rng.standard_normal((2, 3, 7, 7)), 3, 3)
+    with pytest.raises(ValueError, match="cols must be"):
+        col2im_indices(cols[:, :-1], (2, 3, 7, 7), 3, 3)
+    with pytest.raises(TypeError, match="float32 or float64"):
+        im2col_indices(np.zeros((1, 1, 4, 4), dtype=np.int64), 3, 3)
+
+
 def test_numerical_gradients_of_blobs(rng):
     class Blob:
         def __init__(self, vals):

@@ -74,6 +74,11 @@ def test_cli_errors_are_one_line(tmp_path, capsys):
     assert main(["--search", "lr=loguniform:1e-4:1e-2", "--n-trials", "0",
                  "--out", str(tmp_path)]) == 2
     assert "n_trials must be an integer >= 1" in capsys.readouterr().err
+    for flag in ("--workers", "--threads", "--pruner-startup"):
+        value = "-1" if flag == "--pruner-startup" else "0"
+        assert main(["--search", "lr=loguniform:1e-4:1e-2", flag, value,
+                     "--out", str(tmp_path)]) == 2
+        assert "must be an integer >=" in capsys.readouterr().err
     # No server on port 1: one line, not SQLAlchemy's traceback.
     assert main(["--search", "lr=loguniform:1e-4:1e-2", "--out", str(tmp_path),
                  "--storage", "postgresql://nobody@127.0.0.1:1/none"]) == 2
