@@ -4,7 +4,9 @@
 # Installs Debian's postgresql package when no server binaries are present. The server
 # runs as the postgres user from a fresh data directory, trusts local connections only,
 # and is stopped by convlab_stop_postgres (CI's exit trap).
-PG_PORT="${PG_PORT:-55432}"
+# A free port unless PG_PORT is given: a server left over from an interrupted run (or any
+# other service) on a fixed port would make this one fail to start.
+PG_PORT="${PG_PORT:-$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')}"
 if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then
     apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q postgresql
 fi
