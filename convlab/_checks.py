@@ -4,27 +4,43 @@
 import numpy as np
 
 
-def check_float_array(x, name, ndim=None):
-    """Raise TypeError unless x is a floating-point ndarray (of ``ndim`` dims when given)."""
-    if not isinstance(x, np.ndarray):
-        raise TypeError(f"{name} must be a NumPy array, got {type(x).__name__}")
-    if x.dtype not in (np.float32, np.float64):
-        raise TypeError(f"{name} must be float32 or float64, got {x.dtype}")
-    if ndim is not None and x.ndim != ndim:
-        raise ValueError(f"{name} must be {ndim}-dimensional, got shape {x.shape}")
+def _compute_dtype(dtypes):
+    """The floating dtype a layer computes in for operands of ``dtypes``, as NumPy promotes
+    them: float32 with float32 stays float32, any float64 makes float64, and integer or bool
+    operands compute in float64 (as cs231n's layers do, whose outputs are float arrays).
+    float16 computes in float32, the narrowest dtype the kernels have."""
+    dt = np.result_type(*dtypes)
+    if dt.kind in "biu":
+        return np.dtype(np.float64)
+    if dt == np.float16:
+        return np.dtype(np.float32)
+    return dt
 
 
-def check_same_dtype(x, **arrays):
-    """Raise TypeError if any of ``arrays`` (None allowed) has a dtype other than x's."""
+def float_operands(**arrays):
+    """The named arrays (None passes through), cast to one floating dtype by NumPy's
+    promotion rules (see _compute_dtype); TypeError for a non-array or a dtype that is not
+    a real number of at most 64 bits. Returns them in the order given."""
     for name, a in arrays.items():
         if a is None:
             continue
         if not isinstance(a, np.ndarray):
             raise TypeError(f"{name} must be a NumPy array, got {type(a).__name__}")
-        if a.dtype != x.dtype:
-            raise TypeError(
-                f"{name} has dtype {a.dtype} but x has {x.dtype}; cast them to one dtype"
-            )
+        if a.dtype.kind not in "biuf" or a.dtype.itemsize > 8:
+            raise TypeError(f"{name} must hold real numbers (float32, float64 or integers), "
+                            f"got dtype {a.dtype}")
+    present = [a.dtype for a in arrays.values() if a is not None]
+    dt = _compute_dtype(present)
+    return tuple(None if a is None else a.astype(dt, copy=False) for a in arrays.values())
+
+
+def as_float_array(x, name="x", ndim=None):
+    """``x`` as a float32/float64 array (see float_operands), ValueError unless it has
+    ``ndim`` dimensions when given."""
+    (x,) = float_operands(**{name: x})
+    if ndim is not None and x.ndim != ndim:
+        raise ValueError(f"{name} must be {ndim}-dimensional, got shape {x.shape}")
+    return x
 
 
 def check_dout(dout, shape, dtype=None):
@@ -92,10 +108,10 @@ def pool_output_size(H, W, pool_height, pool_width, stride):
 
 def check_conv_operands(x, w, b, conv_param):
     """Validate a convolution's x (N, C, H, W), w (F, C, HH, WW), b (F,) or None and
-    conv_param; return (stride, pad, H', W')."""
-    check_float_array(x, "x", ndim=4)
-    check_float_array(w, "w", ndim=4)
-    check_same_dtype(x, w=w, b=b)
+    conv_param; return x, w, b in their common float dtype and (stride, pad, H', W')."""
+    x, w, b = float_operands(x=x, w=w, b=b)
+    as_float_array(x, "x", ndim=4)
+    as_float_array(w, "w", ndim=4)
     _, C, H, W = x.shape
     F, Cw, HH, WW = w.shape
     if Cw != C:
@@ -103,15 +119,15 @@ def check_conv_operands(x, w, b, conv_param):
     if b is not None and b.shape != (F,):
         raise ValueError(f"b must have shape ({F},), got {b.shape}")
     stride, pad = conv_param["stride"], conv_param["pad"]
-    return (stride, pad, *conv_output_size(H, W, HH, WW, stride, pad))
+    return x, w, b, (stride, pad, *conv_output_size(H, W, HH, WW, stride, pad))
 
 
 def check_pool_input(x, pool_param):
-    """Validate a pooling layer's x (N, C, H, W) and pool_param; return
-    (pool_height, pool_width, stride, H', W')."""
-    check_float_array(x, "x", ndim=4)
+    """Validate a pooling layer's x (N, C, H, W) and pool_param; return x as a float array
+    and (pool_height, pool_width, stride, H', W')."""
+    x = as_float_array(x, "x", ndim=4)
     ph, pw, stride = pool_param["pool_height"], pool_param["pool_width"], pool_param["stride"]
-    return (ph, pw, stride, *pool_output_size(x.shape[2], x.shape[3], ph, pw, stride))
+    return x, (ph, pw, stride, *pool_output_size(x.shape[2], x.shape[3], ph, pw, stride))
 
 
 def check_count(name, value, allow_zero=True):

@@ -16,9 +16,9 @@ import threading
 import numpy as np
 
 from convlab._checks import (
+    as_float_array,
     check_conv_operands,
     check_dout,
-    check_float_array,
     check_int,
     check_pool_input,
     conv_output_size,
@@ -61,14 +61,15 @@ _CHUNK_BYTES = 24 << 20
 
 def _conv_operands(x, w, b, conv_param):
     """Validate a convolution's inputs; return contiguous x, w, b and (stride, pad, H', W')."""
-    geometry = check_conv_operands(x, w, b, conv_param)
+    x, w, b, geometry = check_conv_operands(x, w, b, conv_param)
     b = None if b is None else np.ascontiguousarray(b)
     return np.ascontiguousarray(x), np.ascontiguousarray(w), b, geometry
 
 
 def _pool_operands(x, pool_param):
     """Validate a pooling input; return contiguous x and (ph, pw, stride, H', W')."""
-    return np.ascontiguousarray(x), check_pool_input(x, pool_param)
+    x, geometry = check_pool_input(x, pool_param)
+    return np.ascontiguousarray(x), geometry
 
 
 def _kernel_geometry(field_height, field_width, padding, stride):
@@ -124,7 +125,7 @@ def im2col_cython(x, field_height, field_width, padding, stride):
     column (h' W' + w') N + n hold x[n, c, h' stride + i - padding, w' stride + j - padding]
     (zero in the padding), H' = 1 + (H + 2 padding - fh) // stride, likewise W'.
     """
-    check_float_array(x, "x", ndim=4)
+    x = as_float_array(x, "x", ndim=4)
     fh, fw, pad, stride = _kernel_geometry(field_height, field_width, padding, stride)
     N, C, H, W = x.shape
     Ho, Wo = conv_output_size(H, W, fh, fw, stride, pad)
@@ -138,7 +139,7 @@ def col2im_cython(cols, N, C, H, W, field_height, field_width, padding, stride):
 
     cols: (C fh fw, N H' W') in the cs231n layout. Returns dx (N, C, H, W) (padding removed).
     """
-    check_float_array(cols, "cols", ndim=2)
+    cols = as_float_array(cols, "cols", ndim=2)
     fh, fw, pad, stride = _kernel_geometry(field_height, field_width, padding, stride)
     Ho, Wo = conv_output_size(H, W, fh, fw, stride, pad)
     expected = (C * fh * fw, N * Ho * Wo)
@@ -388,7 +389,7 @@ def avg_pool_backward_fast(dout, cache):
 
 def global_avg_pool_forward_fast(x):
     """Mean over each channel's spatial positions. x: (N, C, H, W) -> out (N, C), cache."""
-    check_float_array(x, "x", ndim=4)
+    x = as_float_array(x, "x", ndim=4)
     x = np.ascontiguousarray(x)
     N, C, H, W = x.shape
     out = np.empty((N, C), dtype=x.dtype)

@@ -6,7 +6,7 @@ column (h' W' + w') N + n hold x[n, c, h' stride + i - padding, w' stride + j - 
 
 import numpy as np
 
-from convlab._checks import check_float_array, conv_output_size
+from convlab._checks import as_float_array, conv_output_size
 
 __all__ = ["col2im_indices", "get_im2col_indices", "im2col_indices"]
 
@@ -30,7 +30,7 @@ def get_im2col_indices(x_shape, field_height, field_width, padding=1, stride=1):
 
 def im2col_indices(x, field_height, field_width, padding=1, stride=1):
     """Columns (C fh fw, H' W' N) of x (N, C, H, W), every receptive field one column."""
-    check_float_array(x, "x", ndim=4)
+    x = as_float_array(x, "x", ndim=4)
     p = padding
     x_padded = np.pad(x, ((0, 0), (0, 0), (p, p), (p, p)), mode="constant")
     k, i, j = get_im2col_indices(x.shape, field_height, field_width, padding, stride)
@@ -42,7 +42,7 @@ def im2col_indices(x, field_height, field_width, padding=1, stride=1):
 def col2im_indices(cols, x_shape, field_height=3, field_width=3, padding=1, stride=1):
     """Adjoint of im2col_indices: sums every column entry back into its input position
     (overlapping fields add up). Returns an array of x_shape (N, C, H, W)."""
-    check_float_array(cols, "cols", ndim=2)
+    cols = as_float_array(cols, "cols", ndim=2)
     N, C, H, W = x_shape
     k, i, j = get_im2col_indices(x_shape, field_height, field_width, padding, stride)
     if cols.shape != (C * field_height * field_width, i.shape[1] * N):

@@ -2,22 +2,24 @@
 
 Every ``*_forward`` returns ``(out, cache)`` and its ``*_backward(dout, cache)`` returns the
 gradients with respect to the forward's inputs. Losses return ``(loss, dscores)``. Inputs keep
-their dtype: float32 in, float32 out; gradient checks run in float64.
+their dtype: float32 in, float32 out; mixed or integer operands are promoted as NumPy promotes
+them (integers compute in float64); gradient checks run in float64.
 """
 
 import numpy as np
 
 from convlab._checks import (
+    as_float_array,
     check_conv_operands,
     check_dout,
-    check_float_array,
     check_int,
     check_keep_probability,
     check_labels,
     check_pool_input,
-    check_same_dtype,
+    float_operands,
     pool_output_size,
 )
+from convlab._course_random import CourseRandom
 
 # ----------------------------------------------------------------------------- affine / relu
 
@@ -28,8 +30,7 @@ def affine_forward(x, w, b):
     x: (N, d1, ..., dk) with D = d1 * ... * dk; w: (D, M); b: (M,).
     Returns out (N, M) and cache (x, w).
     """
-    check_float_array(x, "x")
-    check_same_dtype(x, w=w, b=b)
+    x, w, b = float_operands(x=x, w=w, b=b)
     N = x.shape[0]
     D = int(np.prod(x.shape[1:]))
     if w.ndim != 2 or w.shape[0] != D:
@@ -53,7 +54,7 @@ def affine_backward(dout, cache):
 
 def relu_forward(x):
     """Elementwise max(0, x); the cache is x itself."""
-    check_float_array(x, "x")
+    x = as_float_array(x)
     return np.maximum(x, 0), x
 
 
@@ -65,7 +66,7 @@ def relu_backward(dout, cache):
 
 def leaky_relu_forward(x, alpha=0.01):
     """max(x, alpha * x) for 0 <= alpha < 1; cache (x, alpha)."""
-    check_float_array(x, "x")
+    x = as_float_array(x)
     if not 0 <= alpha < 1:
         raise ValueError(f"leaky relu slope alpha must be in [0, 1), got {alpha}")
     return np.where(x > 0, x, x * x.dtype.type(alpha)), (x, alpha)
@@ -80,7 +81,7 @@ def leaky_relu_backward(dout, cache):
 
 def elu_forward(x, alpha=1.0):
     """x for x > 0, alpha * (exp(x) - 1) otherwise; cache (x, out, alpha)."""
-    check_float_array(x, "x")
+    x = as_float_array(x)
     if alpha <= 0:
         raise ValueError(f"elu alpha must be positive, got {alpha}")
     alpha = x.dtype.type(alpha)
@@ -106,7 +107,7 @@ def softmax_loss(x, y):
     x: (N, C) scores; y: (N,) integer labels in [0, C).
     Returns loss (float) and dx (N, C).
     """
-    check_float_array(x, "x", ndim=2)
+    x = as_float_array(x, ndim=2)
     check_labels(y, x.shape[0], x.shape[1])
     N = x.shape[0]
     shifted = x - x.max(axis=1, keepdims=True)  # stable: exp never overflows
@@ -124,7 +125,7 @@ def svm_loss(x, y):
     x: (N, C) scores; y: (N,) integer labels in [0, C).
     Returns loss (float) and dx (N, C).
     """
-    check_float_array(x, "x", ndim=2)
+    x = as_float_array(x, ndim=2)
     check_labels(y, x.shape[0], x.shape[1])
     N = x.shape[0]
     correct = x[np.arange(N), y][:, None]  # (N, 1)
@@ -152,21 +153,23 @@ def _normalize_backward(dxhat, xhat, inv_std, axis):
     )
 
 
-def _check_norm_params(x, gamma, beta, shape):
-    check_float_array(x, "x")
-    check_same_dtype(x, gamma=gamma, beta=beta)
+def _norm_operands(x, gamma, beta, shape):
+    """x, gamma, beta in their common float dtype; ValueError unless gamma and beta have
+    ``shape``."""
+    x, gamma, beta = float_operands(x=x, gamma=gamma, beta=beta)
     if gamma.shape != shape or beta.shape != shape:
         raise ValueError(
             f"gamma and beta must have shape {shape} for x of shape {x.shape}, "
             f"got {gamma.shape} and {beta.shape}"
         )
+    return x, gamma, beta
 
 
 def _batchnorm_forward(x, gamma, beta, bn_param, axes):
     """Batchnorm with statistics over ``axes`` of x and one (gamma, beta) per remaining
     channel; shared by the flat and the spatial layer so neither needs to transpose x."""
     D = x.shape[1]
-    _check_norm_params(x, gamma, beta, (D,))
+    x, gamma, beta = _norm_operands(x, gamma, beta, (D,))
     mode = bn_param.get("mode")
     eps = bn_param.get("eps", 1e-5)
     momentum = bn_param.get("momentum", 0.9)
@@ -216,7 +219,7 @@ def batchnorm_forward(x, gamma, beta, bn_param):
     running = momentum * running + (1 - momentum) * batch_stat; test mode uses the running ones.
     Returns out (N, D) and cache (None in test mode).
     """
-    check_float_array(x, "x", ndim=2)
+    x = as_float_array(x, ndim=2)
     return _batchnorm_forward(x, gamma, beta, bn_param, axes=(0,))
 
 
@@ -270,8 +273,8 @@ def layernorm_forward(x, gamma, beta, ln_param):
     x: (N, D); gamma, beta: (D,); ln_param: dict with optional 'eps' (1e-5); other keys
     are ignored. Identical in train and test. Returns out (N, D) and cache.
     """
-    check_float_array(x, "x", ndim=2)
-    _check_norm_params(x, gamma, beta, (x.shape[1],))
+    x = as_float_array(x, ndim=2)
+    x, gamma, beta = _norm_operands(x, gamma, beta, (x.shape[1],))
     eps = ln_param.get("eps", 1e-5)
     mean = x.mean(axis=1, keepdims=True)  # (N, 1)
     inv_std = 1 / np.sqrt(x.var(axis=1, keepdims=True) + eps)
@@ -295,7 +298,7 @@ def spatial_batchnorm_forward(x, gamma, beta, bn_param):
 
     x: (N, C, H, W); gamma, beta: (C,); bn_param as in batchnorm_forward.
     """
-    check_float_array(x, "x", ndim=4)
+    x = as_float_array(x, ndim=4)
     return _batchnorm_forward(x, gamma, beta, bn_param, axes=(0, 2, 3))
 
 
@@ -310,11 +313,11 @@ def spatial_groupnorm_forward(x, gamma, beta, G, gn_param):
     x: (N, C, H, W) with C divisible by G; gamma, beta: (1, C, 1, 1); gn_param: dict with
     optional 'eps' (1e-5), other keys ignored. Returns out (N, C, H, W) and cache.
     """
-    check_float_array(x, "x", ndim=4)
+    x = as_float_array(x, ndim=4)
     N, C, H, W = x.shape
     if C % check_int(G, "G", 1):
         raise ValueError(f"G must be a positive integer dividing C={C}, got {G!r}")
-    _check_norm_params(x, gamma, beta, (1, C, 1, 1))
+    x, gamma, beta = _norm_operands(x, gamma, beta, (1, C, 1, 1))
     eps = gn_param.get("eps", 1e-5)
     x_groups = x.reshape(N, G, -1)  # (N, G, C/G * H * W)
     mean = x_groups.mean(axis=2, keepdims=True)
@@ -346,10 +349,11 @@ def dropout_forward(x, dropout_param):
     'seed' (int): the same seed gives the same mask, drawn from its own np.random.Generator so
     NumPy's global random state is never touched; optional 'rng' (a np.random.Generator,
     used instead of 'seed'): the mask is drawn from it, fresh on every call (the Solver lends
-    its own generator this way while it trains). Test mode is the identity.
+    its own generator this way while it trains). With neither, the mask is drawn from NumPy's
+    global state as cs231n draws it (np.random.rand). Test mode is the identity.
     Returns out (x's shape) and cache (dropout_param, mask).
     """
-    check_float_array(x, "x")
+    x = as_float_array(x)
     p = dropout_param.get("p")
     mode = dropout_param.get("mode")
     check_keep_probability(p, "dropout_param['p'] (keep probability)")
@@ -357,7 +361,7 @@ def dropout_forward(x, dropout_param):
         raise ValueError(f"dropout_param['mode'] must be 'train' or 'test', got {mode!r}")
     if mode == "test" or p == 1:
         return x, (dropout_param, None)
-    rng = dropout_param.get("rng") or np.random.default_rng(dropout_param.get("seed"))
+    rng = dropout_param.get("rng") or CourseRandom(dropout_param.get("seed"))
     mask = (rng.random(x.shape) < p).astype(x.dtype) / x.dtype.type(p)
     return x * mask, (dropout_param, mask)
 
@@ -382,7 +386,7 @@ def conv_forward_naive(x, w, b, conv_param):
     conv_param: 'stride', 'pad' (zero padding on every side).
     Returns out (N, F, H', W') with H' = 1 + (H + 2 pad - HH) // stride, and cache.
     """
-    stride, pad, H_out, W_out = check_conv_operands(x, w, b, conv_param)
+    x, w, b, (stride, pad, H_out, W_out) = check_conv_operands(x, w, b, conv_param)
     N = x.shape[0]
     F, _, HH, WW = w.shape
 
@@ -400,7 +404,7 @@ def conv_forward_naive(x, w, b, conv_param):
 def conv_backward_naive(dout, cache):
     """dout: (N, F, H', W'). Returns dx (N, C, H, W), dw (F, C, HH, WW), db (F,) or None."""
     x, w, b, conv_param = cache
-    stride, pad, H_out, W_out = check_conv_operands(x, w, b, conv_param)
+    _, _, _, (stride, pad, H_out, W_out) = check_conv_operands(x, w, b, conv_param)
     _, _, HH, WW = w.shape
     dout = check_dout(dout, (x.shape[0], w.shape[0], H_out, W_out))
     x_pad = _pad_spatial(x, pad)
@@ -427,7 +431,7 @@ def max_pool_forward_naive(x, pool_param):
     x: (N, C, H, W); pool_param: 'pool_height', 'pool_width', 'stride'.
     Returns out (N, C, H', W') with H' = 1 + (H - pool_height) // stride, and cache.
     """
-    ph, pw, stride, H_out, W_out = check_pool_input(x, pool_param)
+    x, (ph, pw, stride, H_out, W_out) = check_pool_input(x, pool_param)
     N, C = x.shape[:2]
     out = np.empty((N, C, H_out, W_out), dtype=x.dtype)
     for i in range(H_out):
@@ -440,7 +444,7 @@ def max_pool_forward_naive(x, pool_param):
 def max_pool_backward_naive(dout, cache):
     """Routes each output gradient to the (first) maximum of its window. Returns dx."""
     x, pool_param = cache
-    ph, pw, stride, H_out, W_out = check_pool_input(x, pool_param)
+    x, (ph, pw, stride, H_out, W_out) = check_pool_input(x, pool_param)
     N, C = x.shape[:2]
     dout = check_dout(dout, (N, C, H_out, W_out))
     dx = np.zeros_like(x)
@@ -457,7 +461,7 @@ def max_pool_backward_naive(dout, cache):
 
 def avg_pool_forward_naive(x, pool_param):
     """Average pooling, one output position at a time; pool_param as for max pooling."""
-    ph, pw, stride, H_out, W_out = check_pool_input(x, pool_param)
+    x, (ph, pw, stride, H_out, W_out) = check_pool_input(x, pool_param)
     N, C = x.shape[:2]
     out = np.empty((N, C, H_out, W_out), dtype=x.dtype)
     for i in range(H_out):
@@ -484,7 +488,7 @@ def avg_pool_backward_naive(dout, cache):
 
 def global_avg_pool_forward(x):
     """Mean over each channel's spatial positions. x: (N, C, H, W) -> out (N, C)."""
-    check_float_array(x, "x", ndim=4)
+    x = as_float_array(x, ndim=4)
     return x.mean(axis=(2, 3)), x.shape
 
 

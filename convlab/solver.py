@@ -11,6 +11,7 @@ import numpy as np
 
 from convlab import optim
 from convlab._checks import check_labels
+from convlab._course_random import CourseRandom
 from convlab.callbacks import Checkpoint, LambdaCallback, ProgressBar
 from convlab.interrupts import GracefulInterrupt, StopNow
 from convlab.layers import softmax_loss
@@ -56,7 +57,10 @@ class Solver:
     convlab keywords:
 
     - ``seed`` [None]: seeds the solver's own np.random.Generator (minibatches, accuracy
-      subsamples, augmentation, dropout masks); NumPy's global random state is never used.
+      subsamples, augmentation, dropout masks), independent of NumPy's global random state.
+      None draws them from the global state, exactly as cs231n does (``np.random.choice``
+      for minibatches and subsamples), so ``np.random.seed(...)`` before training gives the
+      course's published runs.
     - ``shuffle`` [False]: each epoch visits every training example once in a fresh random
       order, instead of cs231n's independent random minibatches.
     - ``lr_schedule`` [None]: 'step', 'cosine', 'onecycle' (see convlab.schedules, options
@@ -73,7 +77,11 @@ class Solver:
 
     While it trains, the Solver lends its generator to the model's dropout layers
     (``model.use_dropout_rng``), so masks are fresh every step and reproducible from
-    ``seed``, even for a model whose own seed fixes its masks for gradient checks.
+    ``seed`` (or the global state), even for a model whose own seed fixes its masks for
+    gradient checks.
+
+    As in cs231n, the first accuracy check (epoch 0) comes after the first update; with one
+    iteration per epoch that update ends epoch 1 and there is no epoch-0 check.
 
     ``state_dict()`` / ``load_state_dict()`` (and ``save(path)`` / ``load(path)``, an
     atomic ``.npz``) hold the whole training state: parameters, optimizer state, batchnorm
@@ -183,12 +191,17 @@ class Solver:
         self.val_loss_history = []
         self.epoch_time_history = []
         self.lr_history = []
-        self.rng = np.random.default_rng(self.seed)
+        self.random = CourseRandom(self.seed)
         self._epoch_order = None
         self.optim_configs = {name: dict(self.optim_config) for name in self.model.params}
         self._base_lr = {
             name: config.get("learning_rate") for name, config in self.optim_configs.items()
         }
+
+    @property
+    def rng(self):
+        """The np.random.Generator lent to augmentation and dropout (see CourseRandom)."""
+        return self.random.generator
 
     @property
     def iterations_per_epoch(self):
@@ -243,7 +256,7 @@ class Solver:
             "lr_history": self.lr_history,
             "optim_scalars": optim_scalars,
             "base_lr": self._base_lr,
-            "rng_state": self.rng.bit_generator.state,
+            "rng_state": self.random.state(),
         }
         return arrays, meta
 
@@ -282,8 +295,7 @@ class Solver:
         self.epoch_time_history = meta.get("epoch_time_history", [])
         self.lr_history = meta["lr_history"]
         self._base_lr = meta["base_lr"]
-        self.rng = np.random.default_rng()
-        self.rng.bit_generator.state = meta["rng_state"]
+        self.random = CourseRandom.from_state(meta["rng_state"])
 
     def save(self, path):
         """Write the complete training state to ``path`` (.npz), atomically."""
@@ -298,10 +310,10 @@ class Solver:
     def _next_batch_indices(self):
         N, B = len(self.X_train), self.batch_size
         if not self.shuffle:
-            return self.rng.choice(N, B)
+            return self.random.choice(N, B)
         position = self.iteration % self.iterations_per_epoch
         if position == 0 or self._epoch_order is None:
-            self._epoch_order = self.rng.permutation(N)
+            self._epoch_order = self.random.permutation(N)
         return self._epoch_order[position * B : (position + 1) * B]
 
     def _step(self):
@@ -346,7 +358,7 @@ class Solver:
         num_samples of) X, in test mode, batch by batch; a Ctrl-C stops it between batches."""
         N = len(X)
         if num_samples is not None and N > num_samples:
-            mask = self.rng.choice(N, num_samples)
+            mask = self.random.choice(N, num_samples)
             X, y = X[mask], y[mask]
             N = num_samples
         if N == 0:
@@ -393,10 +405,13 @@ class Solver:
             self._best_state = {k: v.copy() for k, v in self._model_state().items()}
             self.best_params = {k: v for k, v in self._best_state.items() if k in self.model.params}
 
-    def _finish_epoch(self):
+    def _run_check(self):
+        """The accuracy check due at this iteration: at every epoch's end, then the epoch's
+        callbacks; after the first update (epoch 0), without them."""
         self._end_of_check()
         self._check_pending = False
-        self._callbacks("on_epoch_end")
+        if self.iteration % self.iterations_per_epoch == 0:
+            self._callbacks("on_epoch_end")
 
     def _callbacks(self, hook):
         for callback in self.callbacks:
@@ -418,15 +433,14 @@ class Solver:
             if lend_rng is not None:
                 lend_rng(None)
             self._callbacks("on_train_end")
-        self._load_model_state(self._best_state)
+        if self._best_state:  # empty when no update ran (num_epochs=0)
+            self._load_model_state(self._best_state)
 
     def _run_iterations(self):
         num_iterations = self.num_iterations
-        if self.iteration == 0:
-            self._end_of_check()
         self._callbacks("on_train_begin")
-        if self._check_pending:
-            self._finish_epoch()
+        if self._check_pending:  # a check interrupted before the state was saved
+            self._run_check()
         self._epoch_start = time.perf_counter()
         while self.iteration < num_iterations and not self.stop_training:
             self._step()
@@ -444,6 +458,13 @@ class Solver:
                         if "learning_rate" in config:
                             config["learning_rate"] *= self.lr_decay
                 self._check_pending = True
-                self._finish_epoch()
+                self._run_check()
                 self._epoch_start = time.perf_counter()
+            elif t == 1:
+                # cs231n checks "epoch 0" after the first update, not before it; the check's
+                # time is not the epoch's.
+                check_start = time.perf_counter()
+                self._check_pending = True
+                self._run_check()
+                self._epoch_start += time.perf_counter() - check_start
             self._interrupt.check()

@@ -469,14 +469,26 @@ def test_pooling_keeps_float32(rng, forward, backward):
 
 
 @pytest.mark.parametrize("forward, backward", CONV_VARIANTS)
-def test_conv_rejects_mixed_or_integer_dtypes(rng, forward, backward):
+def test_conv_promotes_mixed_and_integer_dtypes_as_numpy_does(rng, forward, backward):
     x, w, b, conv_param = conv_inputs(rng, (2, 3, 6, 6, 4, 3, 3, 1, 1))
-    with pytest.raises(TypeError, match="dtype"):
-        forward(x.astype(np.float32), w, b, conv_param)
-    with pytest.raises(TypeError, match="dtype"):
-        forward(x, w, b.astype(np.float32), conv_param)
-    with pytest.raises(TypeError, match="float32 or float64"):
-        forward(x.astype(np.int64), w.astype(np.int64), None, conv_param)
+    reference, _ = conv_forward_naive(x, w, b, conv_param)
+    # float32 with float64 computes in float64, like NumPy's own arithmetic.
+    for args in ((x.astype(np.float32), w, b), (x, w, b.astype(np.float32))):
+        out, cache = forward(*args, conv_param)
+        assert out.dtype == np.float64
+        np.testing.assert_allclose(out, reference, rtol=1e-5, atol=1e-5)
+        assert all(g.dtype == np.float64 for g in backward(np.ones_like(out), cache))
+    # Integer test arrays (the course's notebooks build them) compute in float64.
+    xi, wi, bi = (np.rint(a * 3).astype(np.int64) for a in (x, w, b))
+    out, _ = forward(xi, wi, bi, conv_param)
+    expected, _ = conv_forward_naive(*(a.astype(np.float64) for a in (xi, wi, bi)),
+                                     conv_param)
+    assert out.dtype == np.float64
+    np.testing.assert_allclose(out, expected, rtol=1e-12)
+    with pytest.raises(TypeError, match="real numbers"):
+        forward(x.astype(np.complex128), w, b, conv_param)
+    with pytest.raises(TypeError, match="NumPy array"):
+        forward(x, w.tolist(), b, conv_param)
 
 
 @pytest.mark.parametrize("forward, backward", CONV_VARIANTS)
@@ -500,8 +512,12 @@ def test_conv_rejects_bad_geometry(rng, forward, backward, x_shape, w_shape, b_s
 
 @pytest.mark.parametrize("forward, backward", POOL_LAYERS)
 def test_pooling_rejects_bad_input(rng, forward, backward):
-    with pytest.raises(TypeError, match="float32 or float64"):
-        forward(np.ones((1, 1, 4, 4), dtype=np.int32), POOL_PARAM)
+    with pytest.raises(TypeError, match="real numbers"):
+        forward(np.ones((1, 1, 4, 4), dtype=object), POOL_PARAM)
+    ints = np.arange(16, dtype=np.int32).reshape(1, 1, 4, 4)
+    out, _ = forward(ints, POOL_PARAM)
+    assert out.dtype == np.float64
+    np.testing.assert_array_equal(out, forward(ints.astype(np.float64), POOL_PARAM)[0])
     with pytest.raises(ValueError, match="does not fit"):
         forward(rng.standard_normal((1, 1, 1, 4)), POOL_PARAM)
     with pytest.raises(ValueError, match="4-dimensional"):

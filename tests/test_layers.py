@@ -389,12 +389,34 @@ def test_affine_shape_mismatch_raises(rng):
         layers.affine_forward(rng.standard_normal((2, 4)), rng.standard_normal((4, 5)), np.zeros(4))
 
 
-def test_mixed_and_integer_dtypes_raise(rng):
-    x = rng.standard_normal((2, 4))
-    with pytest.raises(TypeError, match="dtype"):
-        layers.affine_forward(x, rng.standard_normal((4, 3)).astype(np.float32), np.zeros(3))
-    with pytest.raises(TypeError, match="float32 or float64"):
-        layers.relu_forward(np.arange(4))
+def test_mixed_and_integer_dtypes_promote_as_numpy_does(rng):
+    x, w = rng.standard_normal((2, 4)), rng.standard_normal((4, 3))
+    out, _ = layers.affine_forward(x, w.astype(np.float32), np.zeros(3))
+    assert out.dtype == np.float64
+    np.testing.assert_allclose(out, x @ w.astype(np.float32), rtol=1e-12)
+    # float32 throughout stays float32; a float16 input computes in float32.
+    out32, _ = layers.affine_forward(x.astype(np.float32), w.astype(np.float32),
+                                     np.zeros(3, np.float32))
+    assert out32.dtype == np.float32
+    assert layers.relu_forward(x.astype(np.float16))[0].dtype == np.float32
+    # The course's ConvolutionalNetworks notebook builds a bias of ints: float results.
+    out, cache = layers.affine_forward(x, w, np.array([1, 2, 3]))
+    np.testing.assert_allclose(out, x @ w + [1.0, 2.0, 3.0], rtol=1e-12)
+    dx, dw, db = layers.affine_backward(np.ones_like(out), cache)
+    assert db.dtype == np.float64
+    relu_out, _ = layers.relu_forward(np.arange(-2, 3))
+    assert relu_out.dtype == np.float64
+    np.testing.assert_array_equal(relu_out, [0.0, 0.0, 0.0, 1.0, 2.0])
+    bn_out, _ = layers.batchnorm_forward(np.arange(12).reshape(4, 3), np.ones(3, int),
+                                         np.zeros(3, int), {"mode": "train"})
+    assert bn_out.dtype == np.float64
+    np.testing.assert_allclose(bn_out.mean(axis=0), 0, atol=1e-12)
+    with pytest.raises(TypeError, match="real numbers"):
+        layers.relu_forward(x.astype(np.complex128))
+    with pytest.raises(TypeError, match="real numbers"):
+        layers.affine_forward(x, w, np.zeros(3, dtype=np.longdouble))
+    with pytest.raises(TypeError, match="NumPy array"):
+        layers.relu_forward([1.0, 2.0])
 
 
 @pytest.mark.parametrize("loss_fn", [layers.softmax_loss, layers.svm_loss])

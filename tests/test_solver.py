@@ -316,7 +316,7 @@ def test_callbacks_are_called_in_order_at_each_hook(rng):
     solver = _tiny_solver(rng, callbacks=[Recorder("a"), Recorder("b")])
     solver.train()
     per_epoch = solver.iterations_per_epoch  # 50 examples / 10
-    assert calls[:2] == [("a", "begin", 0, 1), ("b", "begin", 0, 1)]
+    assert calls[:2] == [("a", "begin", 0, 0), ("b", "begin", 0, 0)]  # epoch 0 follows step 1
     steps = [c for c in calls if c[1] == "step"]
     assert [c[2] for c in steps[::2]] == list(range(1, 3 * per_epoch + 1))
     epochs = [c for c in calls if c[1] == "epoch"]

@@ -253,14 +253,17 @@ def test_readme_usage_example_runs_as_printed(capsys, tmp_path, monkeypatch):
     # (summation order, threads) and drift apart over 200 float32 steps: the first loss
     # is compared to 3 decimals, the rest only in form, and the model must have learnt.
     shown = [line[2:] for line in example.splitlines() if line.startswith("# (")]
-    assert len(shown) == 3
+    assert len(shown) == 4
     first_loss = float(shown[0].rsplit(" ", 1)[1])
     printed_first = re.search(r"\(Iteration 1 / 200\) loss: ([\d.]+)", out)
     assert float(printed_first[1]) == pytest.approx(first_loss, abs=1e-3)
     number = r"[\d.e-]+"
     form = (rf"\(Epoch (\d+) / 10\) train acc: ({number}); val_acc: {number} - train_loss "
             rf"{number} - val_loss {number} - lr {number} - {number}s")
-    for line in shown[1:]:
+    epoch_zero = rf"\(Epoch 0 / 10\) train acc: {number}; val_acc: {number} - val_loss {number}"
+    assert re.fullmatch(epoch_zero, shown[1]), shown[1]
+    assert re.search(r"\(Iteration 1 / 200\).*\n" + epoch_zero + r"\n", out)  # after step 1
+    for line in shown[2:]:
         assert re.fullmatch(form, line), line
     epochs = re.findall(form, out)
     assert [int(e) for e, _ in epochs] == list(range(1, 11))
