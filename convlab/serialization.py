@@ -138,3 +138,27 @@ def load_model(path):
         ) from None
     model.load_state_dict(arrays)
     return model
+
+
+def load_models(models_dir):
+    """Every convlab model file in ``models_dir``, by file name (the course's
+    ``data_utils.load_models``). Like the course's version it skips a file it cannot load,
+    but it names each one in a warning; and it reads .npz model files only: the course's
+    pickled model objects are code, which loading never runs."""
+    if not os.path.isdir(models_dir):
+        raise FileNotFoundError(f"models directory {models_dir} not found")
+    models, skipped = {}, []
+    for name in sorted(os.listdir(models_dir)):
+        path = os.path.join(models_dir, name)
+        if not os.path.isfile(path):
+            continue
+        try:
+            models[name] = load_model(path)
+        except ValueError as err:
+            skipped.append(f"{name} ({err})")
+    if skipped:
+        import warnings
+
+        warnings.warn(f"load_models skipped what is not a convlab model file: "
+                      f"{'; '.join(skipped)}", stacklevel=2)
+    return models

@@ -3,5 +3,6 @@
 from convlab.classifiers.cnn import ThreeLayerConvNet
 from convlab.classifiers.convnet import ConvNet
 from convlab.classifiers.fc_net import FullyConnectedNet, TwoLayerNet
+from convlab.classifiers.rnn import CaptioningRNN
 
-__all__ = ["ConvNet", "FullyConnectedNet", "ThreeLayerConvNet", "TwoLayerNet"]
+__all__ = ["CaptioningRNN", "ConvNet", "FullyConnectedNet", "ThreeLayerConvNet", "TwoLayerNet"]
