@@ -65,6 +65,63 @@ def load_course_data(num_train=5000, num_val=500, num_test=500, source=None, see
     return data
 
 
+def load_course_images(num_train=5000, num_val=500, num_test=500, source=None, seed=0,
+                       verbose=True):
+    """Raw images for the assignment-1 notebooks, as the course's ``load_CIFAR10`` gives
+    them: float64 (N, 32, 32, 3) pixel values 0..255, not centred (the notebooks subtract
+    the mean image themselves).
+
+    ``source`` as in :func:`load_course_data`. CIFAR-10: the first num_train training
+    images, the next num_val for validation, the first num_test test images. Built-in:
+    that many generated images in the same split. An image folder: the last num_val images
+    of each class for validation (num_val // classes each), a stratified num_train of the
+    rest, no test split (num_test ignored).
+
+    Returns a dict with ``X_train``, ``y_train``, ``X_val``, ``y_val``, ``X_test``,
+    ``y_test`` (absent for folders), ``class_names`` and ``source``.
+    """
+    from convlab.data import (
+        BUILTIN_CLASS_NAMES,
+        CIFAR10_CLASS_NAMES,
+        find_CIFAR10_dir,
+        load_CIFAR10,
+        load_image_folder,
+        make_builtin_images,
+        split_per_class,
+        stratified_subset,
+    )
+    from convlab.data.sources import resolve_source
+
+    source = (source or os.environ.get(DATASET_ENV) or "auto").strip()
+    name = resolve_source(source.lower() if source.lower() in ("auto", "cifar10", "builtin")
+                          else source)
+    if name == "cifar10":
+        X, y, X_test, y_test = load_CIFAR10(find_CIFAR10_dir(), dtype=np.float64)
+        a, b = num_train, num_train + num_val
+        data = {"X_train": X[:a], "y_train": y[:a], "X_val": X[a:b], "y_val": y[a:b],
+                "X_test": X_test[:num_test], "y_test": y_test[:num_test],
+                "class_names": list(CIFAR10_CLASS_NAMES), "source": "cifar10"}
+    elif name == "builtin":
+        X, y = make_builtin_images(num_train + num_val + num_test, seed)
+        X = X.astype(np.float64)
+        a, b = num_train, num_train + num_val
+        data = {"X_train": X[:a], "y_train": y[:a], "X_val": X[a:b], "y_val": y[a:b],
+                "X_test": X[b:], "y_test": y[b:], "class_names": list(BUILTIN_CLASS_NAMES),
+                "source": "builtin"}
+    else:
+        X, y, class_names = load_image_folder(name, progress=verbose)
+        X_train, y_train, X_val, y_val = split_per_class(X, y, num_val // len(class_names))
+        keep = stratified_subset(y_train, min(num_train, len(y_train)), seed)
+        data = {"X_train": X_train[keep].astype(np.float64), "y_train": y_train[keep],
+                "X_val": X_val.astype(np.float64), "y_val": y_val,
+                "class_names": class_names, "source": "folder"}
+    if verbose:
+        splits = " / ".join(f"{len(data['X_' + split])} {split}"
+                            for split in ("train", "val", "test") if "X_" + split in data)
+        print(f"Using {data['source']} images: {splits}" + (" (fast mode)" if fast_mode() else ""))
+    return data
+
+
 def figure_dir():
     """The directory in ``$CONVLAB_NOTEBOOK_FIGDIR`` as a Path, or None when unset."""
     value = os.environ.get(FIGDIR_ENV, "").strip()

@@ -106,8 +106,10 @@ def load_npz(path):
 def _model_classes():
     # Imported here because the classifiers import the layers, which do not need this module.
     from convlab import classifiers
+    from convlab.classifiers.base import Classifier
 
-    return {name: getattr(classifiers, name) for name in classifiers.__all__}
+    return {name: getattr(classifiers, name) for name in classifiers.__all__
+            if issubclass(getattr(classifiers, name), Classifier)}
 
 
 def save_model(model, path):
@@ -162,3 +164,22 @@ def load_models(models_dir):
         warnings.warn(f"load_models skipped what is not a convlab model file: "
                       f"{'; '.join(skipped)}", stacklevel=2)
     return models
+
+
+def save_arrays(path, arrays, kind):
+    """Write named arrays of one ``kind`` (e.g. the weights of a 'LinearSVM') to ``path``,
+    atomically, as the assignment-1 classifiers' ``save(fname)`` does."""
+    atomic_savez(path, arrays, {"format": "convlab-arrays", "version": 1, "kind": kind})
+
+
+def load_arrays(path, kind, names):
+    """The arrays ``names`` of a file save_arrays wrote for ``kind``; ValueError for a file
+    of another kind or without one of them."""
+    arrays, meta = load_npz(path)
+    if meta.get("format") != "convlab-arrays" or meta.get("kind") != kind:
+        raise ValueError(f"{path} does not hold a {kind} (it holds "
+                         f"{meta.get('kind') or meta.get('format')!r})")
+    missing = [name for name in names if name not in arrays]
+    if missing:
+        raise ValueError(f"{path} has no {', '.join(missing)}")
+    return {name: arrays[name] for name in names}

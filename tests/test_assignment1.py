@@ -348,3 +348,27 @@ def test_unseeded_models_draw_like_the_course_and_seeded_ones_do_not():
     np.testing.assert_array_equal(a, b)
     np.testing.assert_array_equal(
         a, (1e-2 * np.random.default_rng(7).standard_normal((D, H1))).astype(np.float32))
+
+
+def test_classifiers_save_and_load_without_pickles(tmp_path, rng, capsys):
+    X, y = rng.standard_normal((40, 5)), rng.integers(3, size=40)
+    svm = LinearSVM(seed=0)
+    svm.train(X, y, num_iters=5)
+    svm.save(tmp_path / "svm.npz")
+    again = LinearSVM()
+    assert again.load(tmp_path / "svm.npz") is True
+    np.testing.assert_array_equal(again.predict(X), svm.predict(X))
+    with pytest.raises(ValueError, match="does not hold a Softmax"):
+        Softmax().load(tmp_path / "svm.npz")
+    with pytest.raises(ValueError, match="before save"):
+        Softmax().save(tmp_path / "untrained.npz")
+    net = TwoLayerNet(5, 4, 3, std=0.1, seed=0)
+    net.save(tmp_path / "net.npz")
+    other = TwoLayerNet(5, 4, 3, std=0.1, seed=1)
+    other.load(tmp_path / "net.npz")
+    np.testing.assert_array_equal(other.loss(X), net.loss(X))
+    with pytest.raises(ValueError, match="shape"):
+        TwoLayerNet(5, 6, 3).load(tmp_path / "net.npz")
+    with pytest.raises(FileNotFoundError):
+        net.load(tmp_path / "missing.npz")
+    assert "svm.npz saved." in capsys.readouterr().out

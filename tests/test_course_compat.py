@@ -158,3 +158,60 @@ def test_star_import_of_fc_net_gives_the_layers_directly(rng):
     h, _ = affine_relu_forward(x, np.eye(3), np.array([0, -5, 0]))  # noqa: F405
     np.testing.assert_array_equal(h, np.maximum(x + [0, -5, 0], 0))
     assert relu_forward(np.array([-1, 2]))[0].tolist() == [0.0, 2.0]  # noqa: F405
+
+
+# Every cs231n module path of the NumPy assignments (2017-2024 editions) and its names.
+COURSE_MODULES = {
+    "layers": "affine_forward affine_backward relu_forward relu_backward softmax_loss "
+              "svm_loss batchnorm_forward batchnorm_backward batchnorm_backward_alt "
+              "layernorm_forward layernorm_backward dropout_forward dropout_backward "
+              "conv_forward_naive conv_backward_naive max_pool_forward_naive "
+              "max_pool_backward_naive spatial_batchnorm_forward spatial_batchnorm_backward "
+              "spatial_groupnorm_forward spatial_groupnorm_backward",
+    "fast_layers": "conv_forward_fast conv_backward_fast conv_forward_im2col "
+                   "conv_backward_im2col conv_forward_strides conv_backward_strides "
+                   "max_pool_forward_fast max_pool_backward_fast max_pool_forward_reshape "
+                   "max_pool_backward_reshape max_pool_forward_im2col max_pool_backward_im2col",
+    "layer_utils": "affine_relu_forward affine_relu_backward conv_relu_forward "
+                   "conv_relu_backward conv_bn_relu_forward conv_bn_relu_backward "
+                   "conv_relu_pool_forward conv_relu_pool_backward",
+    "im2col": "get_im2col_indices im2col_indices col2im_indices",
+    "im2col_cython": "im2col_cython col2im_cython",
+    "optim": "sgd sgd_momentum rmsprop adam",
+    "solver": "Solver",
+    "captioning_solver": "CaptioningSolver",
+    "gradient_check": "eval_numerical_gradient eval_numerical_gradient_array "
+                      "eval_numerical_gradient_blobs eval_numerical_gradient_net "
+                      "grad_check_sparse",
+    "data_utils": "load_CIFAR_batch load_CIFAR10 get_CIFAR10_data load_tiny_imagenet "
+                  "load_models",
+    "vis_utils": "visualize_grid vis_grid vis_nn",
+    "features": "extract_features rgb2gray hog_feature color_histogram_hsv",
+    "classifiers": "KNearestNeighbor LinearSVM Softmax",
+    "classifiers.k_nearest_neighbor": "KNearestNeighbor",
+    "classifiers.linear_classifier": "LinearClassifier LinearSVM Softmax",
+    "classifiers.linear_svm": "svm_loss_naive svm_loss_vectorized",
+    "classifiers.softmax": "softmax_loss_naive softmax_loss_vectorized",
+    "classifiers.neural_net": "TwoLayerNet",
+    "classifiers.fc_net": "TwoLayerNet FullyConnectedNet",
+    "classifiers.cnn": "ThreeLayerConvNet",
+    "classifiers.rnn": "CaptioningRNN",
+    "rnn_layers": "rnn_step_forward rnn_step_backward rnn_forward rnn_backward "
+                  "word_embedding_forward word_embedding_backward temporal_affine_forward "
+                  "temporal_affine_backward temporal_softmax_loss lstm_step_forward "
+                  "lstm_step_backward lstm_forward lstm_backward sigmoid",
+    "coco_utils": "decode_captions sample_coco_minibatch",
+}
+
+
+@pytest.mark.parametrize("module", sorted(COURSE_MODULES))
+def test_every_course_module_path_and_name_imports_through_convlab(module):
+    import importlib
+
+    imported = importlib.import_module(f"convlab.{module}")
+    missing = [name for name in COURSE_MODULES[module].split() if not hasattr(imported, name)]
+    assert not missing, f"convlab.{module} lacks {missing}"
+    namespace = {}
+    exec(f"from convlab.{module} import *", namespace)  # the notebooks' star imports
+    starred = [name for name in COURSE_MODULES[module].split() if name not in namespace]
+    assert not starred, f"from convlab.{module} import * does not give {starred}"

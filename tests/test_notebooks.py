@@ -28,6 +28,13 @@ EXPECTED_FIGURES = {
                               "ConvolutionalNetworks-filters.png",
                               "ConvolutionalNetworks-confusion.png",
                               "ConvolutionalNetworks-predictions.png"],
+    "knn": ["knn-samples.png", "knn-cross-validation.png"],
+    "svm": ["svm-loss.png", "svm-weights.png"],
+    "softmax": ["softmax-training.png"],
+    "two_layer_net": ["two_layer_net-training.png", "two_layer_net-weights.png"],
+    "features": ["features-mistakes.png", "features-training.png"],
+    "RNN_Captioning": ["RNN_Captioning-samples.png", "RNN_Captioning-training.png",
+                       "RNN_Captioning-generated.png"],
 }
 
 CELL_TIMEOUT = 300

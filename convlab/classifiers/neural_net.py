@@ -96,3 +96,24 @@ class TwoLayerNet:
     def predict(self, X):
         """Predicted labels (N,) of X (N, D)."""
         return np.argmax(self.loss(X), axis=1)
+
+    def save(self, fname):
+        """Write the parameters to ``fname`` (.npz, never a pickle)."""
+        from convlab.serialization import save_arrays
+
+        save_arrays(fname, self.params, "neural_net.TwoLayerNet")
+        print(f"{fname} saved.")
+
+    def load(self, fname):
+        """Read parameters saved by :meth:`save` from ``fname``; their shapes must be this
+        net's. Returns True."""
+        from convlab.serialization import load_arrays
+
+        loaded = load_arrays(fname, "neural_net.TwoLayerNet", list(self.params))
+        for name, value in loaded.items():
+            if value.shape != self.params[name].shape:
+                raise ValueError(f"{fname}: {name} has shape {value.shape}, this net's is "
+                                 f"{self.params[name].shape}")
+        self.params.update(loaded)
+        print(f"{fname} loaded.")
+        return True

@@ -66,9 +66,10 @@ def _split(n, rng, word_to_idx):
         vertical = ("top", "bottom")[rng.integers(2)]
         horizontal = ("left", "right")[rng.integers(2)]
         radius = CAPTION_SIZES[size] * rng.uniform(0.9, 1.1)
-        # the centre lies in the named quadrant, the whole shape inside the image
-        cy = rng.uniform(radius, 16.0) if vertical == "top" else rng.uniform(16.0, 32 - radius)
-        cx = rng.uniform(radius, 16.0) if horizontal == "left" else rng.uniform(16.0, 32 - radius)
+        # the centre lies clearly inside the named quadrant (3 pixels from the middle lines),
+        # the whole shape inside the image
+        cy = rng.uniform(radius, 13.0) if vertical == "top" else rng.uniform(19.0, 32 - radius)
+        cx = rng.uniform(radius, 13.0) if horizontal == "left" else rng.uniform(19.0, 32 - radius)
         images.append(_draw(shape, radius, cy, cx, CAPTION_COLOURS[colour], rng))
         # two phrasings per image, as COCO has several captions per image
         for words in (["a", size, colour, shape, "in", "the", vertical, horizontal],
