@@ -16,6 +16,7 @@ Column layouts (rows (c * fh + i) * fw + j in both):
 
 from cython cimport floating
 from cython.parallel cimport prange
+from libc.math cimport sqrt
 from libc.string cimport memcpy, memset
 
 cdef extern from *:
@@ -389,3 +390,169 @@ def spread_means(const floating[::1] dout, floating[:, ::1] dx):
             share = <floating>(dout[t] / <double>HW)
             for k in range(HW):
                 dx[t, k] = share
+
+
+# ========================================================================= batchnorm
+
+
+cdef inline double _centred_squares(const floating* values, Py_ssize_t size,
+                                    double mean) noexcept nogil:
+    """Sum of (value - mean)^2 in double, over four independent accumulators."""
+    cdef double s0 = 0, s1 = 0, s2 = 0, s3 = 0, d0, d1, d2, d3
+    cdef Py_ssize_t k = 0
+    while k + 4 <= size:
+        d0 = values[k] - mean
+        d1 = values[k + 1] - mean
+        d2 = values[k + 2] - mean
+        d3 = values[k + 3] - mean
+        s0 += d0 * d0
+        s1 += d1 * d1
+        s2 += d2 * d2
+        s3 += d3 * d3
+        k += 4
+    while k < size:
+        d0 = values[k] - mean
+        s0 += d0 * d0
+        k += 1
+    return (s0 + s1) + (s2 + s3)
+
+
+cdef inline void _normalize_plane(const floating* x, floating* xhat, floating* out,
+                                  unsigned char* mask, Py_ssize_t size, floating mean,
+                                  floating scale, floating gamma, floating beta,
+                                  bint relu) noexcept nogil:
+    """xhat = (x - mean) scale, out = gamma xhat + beta; when relu, out is clamped at 0
+    and mask records where it was kept (1) or zeroed (0)."""
+    cdef Py_ssize_t k
+    cdef floating xh, o
+    if relu:
+        for k in range(size):
+            xh = (x[k] - mean) * scale
+            xhat[k] = xh
+            o = gamma * xh + beta
+            mask[k] = o > 0
+            out[k] = o if o > 0 else 0
+    else:
+        for k in range(size):
+            xh = (x[k] - mean) * scale
+            xhat[k] = xh
+            out[k] = gamma * xh + beta
+
+
+cdef void _batchnorm_channel_forward(const floating[:, :, ::1] x, Py_ssize_t c, double eps,
+                                     floating gamma, floating beta, bint relu,
+                                     floating[:, :, ::1] xhat, floating[:, :, ::1] out,
+                                     unsigned char[:, :, ::1] mask, double* mean,
+                                     double* var, double* inv_std) noexcept nogil:
+    """One channel of batchnorm_train_forward: its statistics over (N, S), then xhat and out.
+    The channel's N S values (256 KB at N=64, 32x32, float32) stay in L2 between passes."""
+    cdef Py_ssize_t N = x.shape[0], S = x.shape[2]
+    cdef Py_ssize_t n
+    cdef double total = 0, centred = 0, m
+    for n in range(N):
+        total = total + _sum(&x[n, c, 0], S)
+    m = total / (N * S)
+    # Two passes, as NumPy's var: the mean first, then squares of centred values, so a large
+    # mean cannot cancel the variance away.
+    for n in range(N):
+        centred = centred + _centred_squares(&x[n, c, 0], S, m)
+    mean[0] = m
+    var[0] = centred / (N * S)
+    inv_std[0] = 1 / sqrt(var[0] + eps)
+    for n in range(N):
+        _normalize_plane(&x[n, c, 0], &xhat[n, c, 0], &out[n, c, 0],
+                         &mask[n, c, 0] if relu else NULL, S, <floating>m,
+                         <floating>inv_std[0], gamma, beta, relu)
+
+
+def batchnorm_train_forward(const floating[:, :, ::1] x, const floating[::1] gamma,
+                            const floating[::1] beta, double eps, bint relu,
+                            floating[:, :, ::1] xhat, floating[:, :, ::1] out,
+                            unsigned char[:, :, ::1] mask, double[::1] mean, double[::1] var,
+                            double[::1] inv_std):
+    """Spatial batchnorm in train mode over x viewed as (N, C, S), S = H W: per channel the
+    batch mean and variance over (N, S), xhat = (x - mean) inv_std with inv_std =
+    1 / sqrt(var + eps), out = gamma xhat + beta, then max(out, 0) when relu. Writes xhat,
+    out, the relu's 0/1 mask (N, C, S) when relu (without relu mask is not read, and may be
+    any 3-d uint8 array), and mean, var, inv_std (C,). Parallel over channels."""
+    cdef Py_ssize_t C = x.shape[1]
+    cdef Py_ssize_t c
+    with nogil:
+        for c in prange(C, schedule="static", num_threads=_num_threads):
+            _batchnorm_channel_forward(x, c, eps, gamma[c], beta[c], relu, xhat, out, mask,
+                                       &mean[c], &var[c], &inv_std[c])
+
+
+cdef inline void _apply_mask(const floating* dout, const unsigned char* mask,
+                             floating* masked, Py_ssize_t size) noexcept nogil:
+    """masked = dout * mask (mask 0 or 1): arithmetic, where a comparison recomputed from
+    xhat became a branch that mispredicted on every other value."""
+    cdef Py_ssize_t k
+    for k in range(size):
+        masked[k] = dout[k] * mask[k]
+
+
+cdef inline double _dot(const floating* a, const floating* b, Py_ssize_t size) noexcept nogil:
+    """Sum of a * b in double over four independent accumulators."""
+    cdef double s0 = 0, s1 = 0, s2 = 0, s3 = 0
+    cdef Py_ssize_t k = 0
+    while k + 4 <= size:
+        s0 += a[k] * b[k]
+        s1 += a[k + 1] * b[k + 1]
+        s2 += a[k + 2] * b[k + 2]
+        s3 += a[k + 3] * b[k + 3]
+        k += 4
+    while k < size:
+        s0 += a[k] * b[k]
+        k += 1
+    return (s0 + s1) + (s2 + s3)
+
+
+cdef inline void _input_gradient(const floating* d, const floating* xhat, floating* dx,
+                                 Py_ssize_t size, floating scale, floating mean_d,
+                                 floating mean_dxhat) noexcept nogil:
+    """dx = scale (d - mean_d - xhat mean_dxhat); d may be dx itself."""
+    cdef Py_ssize_t k
+    for k in range(size):
+        dx[k] = scale * (d[k] - mean_d - xhat[k] * mean_dxhat)
+
+
+cdef void _batchnorm_channel_backward(const floating[:, :, ::1] dout,
+                                      const floating[:, :, ::1] xhat,
+                                      const unsigned char[:, :, ::1] mask, Py_ssize_t c,
+                                      floating gamma, double inv_std, bint relu,
+                                      floating[:, :, ::1] dx, double* dgamma,
+                                      double* dbeta) noexcept nogil:
+    cdef Py_ssize_t N = dout.shape[0], S = dout.shape[2]
+    cdef Py_ssize_t n
+    cdef double sum_d = 0, sum_dxhat = 0, M = N * S
+    cdef const floating* d
+    for n in range(N):
+        d = &dout[n, c, 0]
+        if relu:  # the masked gradient goes into dx, which the last pass overwrites
+            _apply_mask(d, &mask[n, c, 0], &dx[n, c, 0], S)
+            d = &dx[n, c, 0]
+        sum_d = sum_d + _sum(d, S)
+        sum_dxhat = sum_dxhat + _dot(d, &xhat[n, c, 0], S)
+    dbeta[0] = sum_d
+    dgamma[0] = sum_dxhat
+    # dx = gamma inv_std / M (M d - sum d - xhat sum d xhat): the closed form of
+    # batchnorm_backward_alt.
+    for n in range(N):
+        d = &dx[n, c, 0] if relu else &dout[n, c, 0]
+        _input_gradient(d, &xhat[n, c, 0], &dx[n, c, 0], S, <floating>(gamma * inv_std),
+                        <floating>(sum_d / M), <floating>(sum_dxhat / M))
+
+
+def batchnorm_train_backward(const floating[:, :, ::1] dout, const floating[:, :, ::1] xhat,
+                             const unsigned char[:, :, ::1] mask, const floating[::1] gamma,
+                             const double[::1] inv_std, bint relu, floating[:, :, ::1] dx,
+                             double[::1] dgamma, double[::1] dbeta):
+    """Backward of batchnorm_train_forward (through its relu, by mask, when relu): dx
+    (N, C, S), dgamma and dbeta (C,) in double. Parallel over channels."""
+    cdef Py_ssize_t C = dout.shape[1]
+    cdef Py_ssize_t c
+    with nogil:
+        for c in prange(C, schedule="static", num_threads=_num_threads):
+            _batchnorm_channel_backward(dout, xhat, mask, c, gamma[c], inv_std[c], relu, dx,
+                                        &dgamma[c], &dbeta[c])

@@ -25,6 +25,13 @@ from convlab._checks import (
     pool_output_size,
 )
 from convlab._threads import load_kernels
+from convlab.layers import (
+    batchnorm_running_stats,
+    check_nonempty_batch,
+    norm_operands,
+    require_train_cache,
+    spatial_batchnorm_forward,
+)
 
 _kernels = load_kernels()
 
@@ -47,6 +54,10 @@ __all__ = [
     "avg_pool_backward_fast",
     "global_avg_pool_forward_fast",
     "global_avg_pool_backward_fast",
+    "spatial_batchnorm_forward_fast",
+    "spatial_batchnorm_backward_fast",
+    "spatial_batchnorm_relu_forward_fast",
+    "spatial_batchnorm_relu_backward_fast",
 ]
 
 # Column chunks are at most about this size. Chunks bound the scratch memory (the columns of
@@ -404,3 +415,70 @@ def global_avg_pool_backward_fast(dout, cache):
     dx = np.empty((N, C, H, W), dtype=dtype)
     _kernels.spread_means(dout.reshape(N * C), dx.reshape(N * C, H * W))
     return dx
+
+
+# ======================================================================== batchnorm
+
+
+def _spatial_batchnorm_fast(x, gamma, beta, bn_param, relu):
+    """Spatial batchnorm (then relu when ``relu``) in compiled per-channel passes."""
+    x = as_float_array(x, ndim=4)
+    N, C, H, W = x.shape
+    x, gamma, beta = norm_operands(x, gamma, beta, (C,))
+    if bn_param.get("mode") != "train":  # test mode is one affine map: the readable layer
+        out, cache = spatial_batchnorm_forward(x, gamma, beta, bn_param)
+        return (np.maximum(out, 0) if relu else out), cache
+    check_nonempty_batch(x)
+    eps = bn_param.get("eps", 1e-5)
+    momentum = bn_param.get("momentum", 0.9)
+    running_mean, running_var = batchnorm_running_stats(bn_param, C, x.dtype)
+    x_planes = np.ascontiguousarray(x).reshape(N, C, H * W)
+    xhat, out = np.empty_like(x_planes), np.empty_like(x_planes)
+    # The relu's mask, one byte a value; without relu the kernel never reads it.
+    mask = np.empty(x_planes.shape if relu else (1, 1, 1), dtype=np.uint8)
+    mean, var, inv_std = np.empty(C), np.empty(C), np.empty(C)
+    gamma, beta = np.ascontiguousarray(gamma), np.ascontiguousarray(beta)
+    _kernels.batchnorm_train_forward(x_planes, gamma, beta, eps, relu, xhat, out, mask, mean,
+                                     var, inv_std)
+    bn_param["running_mean"] = (momentum * running_mean + (1 - momentum) * mean).astype(x.dtype)
+    bn_param["running_var"] = (momentum * running_var + (1 - momentum) * var).astype(x.dtype)
+    return out.reshape(x.shape), (x.shape, xhat, mask, gamma, inv_std, relu)
+
+
+def _spatial_batchnorm_backward_fast(dout, cache):
+    require_train_cache(cache)
+    shape, xhat, mask, gamma, inv_std, relu = cache
+    N, C, S = xhat.shape
+    dout = check_dout(dout, shape, xhat.dtype).reshape(N, C, S)
+    dx = np.empty_like(xhat)
+    dgamma, dbeta = np.empty(C), np.empty(C)
+    _kernels.batchnorm_train_backward(dout, xhat, mask, gamma, inv_std, relu, dx, dgamma,
+                                      dbeta)
+    return dx.reshape(shape), dgamma.astype(xhat.dtype), dbeta.astype(xhat.dtype)
+
+
+def spatial_batchnorm_forward_fast(x, gamma, beta, bn_param):
+    """Compiled spatial batchnorm, the contract of layers.spatial_batchnorm_forward.
+
+    x: (N, C, H, W); gamma, beta: (C,). In train mode one parallel task per channel makes
+    three passes over its values (mean, variance, normalise) while they sit in cache; the
+    cache holds xhat and the per-channel scale. Returns out (N, C, H, W) and cache.
+    """
+    return _spatial_batchnorm_fast(x, gamma, beta, bn_param, relu=False)
+
+
+def spatial_batchnorm_backward_fast(dout, cache):
+    """dout: (N, C, H, W). Returns dx (N, C, H, W), dgamma (C,), dbeta (C,)."""
+    return _spatial_batchnorm_backward_fast(dout, cache)
+
+
+def spatial_batchnorm_relu_forward_fast(x, gamma, beta, bn_param):
+    """relu(spatial_batchnorm(x)) in the same passes: the pair as one layer, so the
+    activations are read and written once; the relu's cache is a one-byte mask per value
+    instead of its input. Same arguments and returns as the batchnorm."""
+    return _spatial_batchnorm_fast(x, gamma, beta, bn_param, relu=True)
+
+
+def spatial_batchnorm_relu_backward_fast(dout, cache):
+    """Backward through the relu and the batchnorm: dx (N, C, H, W), dgamma, dbeta (C,)."""
+    return _spatial_batchnorm_backward_fast(dout, cache)

@@ -153,7 +153,7 @@ def _normalize_backward(dxhat, xhat, inv_std, axis):
     )
 
 
-def _norm_operands(x, gamma, beta, shape):
+def norm_operands(x, gamma, beta, shape):
     """x, gamma, beta in their common float dtype; ValueError unless gamma and beta have
     ``shape``."""
     x, gamma, beta = float_operands(x=x, gamma=gamma, beta=beta)
@@ -165,30 +165,42 @@ def _norm_operands(x, gamma, beta, shape):
     return x, gamma, beta
 
 
+def batchnorm_running_stats(bn_param, D, dtype):
+    """bn_param's running_mean and running_var, (D,) zeros of ``dtype`` when absent;
+    ValueError for another shape. Shared by every batchnorm implementation."""
+    running_mean = bn_param.get("running_mean")
+    running_var = bn_param.get("running_var")
+    if running_mean is None:
+        running_mean = np.zeros(D, dtype=dtype)
+    if running_var is None:
+        running_var = np.zeros(D, dtype=dtype)
+    if running_mean.shape != (D,) or running_var.shape != (D,):
+        raise ValueError(f"running_mean and running_var must have shape ({D},)")
+    return running_mean, running_var
+
+
+def check_nonempty_batch(x):
+    """ValueError for an empty batch in 'train' mode (its mean would be NaN)."""
+    if x.size == 0:
+        # The mean of nothing is NaN, and it would be written into the running stats.
+        raise ValueError(f"batchnorm in 'train' mode needs a non-empty batch, got x of "
+                         f"shape {x.shape}")
+
+
 def _batchnorm_forward(x, gamma, beta, bn_param, axes):
     """Batchnorm with statistics over ``axes`` of x and one (gamma, beta) per remaining
     channel; shared by the flat and the spatial layer so neither needs to transpose x."""
     D = x.shape[1]
-    x, gamma, beta = _norm_operands(x, gamma, beta, (D,))
+    x, gamma, beta = norm_operands(x, gamma, beta, (D,))
     mode = bn_param.get("mode")
     eps = bn_param.get("eps", 1e-5)
     momentum = bn_param.get("momentum", 0.9)
-    running_mean = bn_param.get("running_mean")
-    running_var = bn_param.get("running_var")
-    if running_mean is None:
-        running_mean = np.zeros(D, dtype=x.dtype)
-    if running_var is None:
-        running_var = np.zeros(D, dtype=x.dtype)
-    if running_mean.shape != (D,) or running_var.shape != (D,):
-        raise ValueError(f"running_mean and running_var must have shape ({D},)")
+    running_mean, running_var = batchnorm_running_stats(bn_param, D, x.dtype)
     channel_shape = (D,) + (1,) * (x.ndim - 2)  # broadcasts a (D,) vector over x's channels
     gamma_b, beta_b = gamma.reshape(channel_shape), beta.reshape(channel_shape)
 
     if mode == "train":
-        if x.size == 0:
-            # The mean of nothing is NaN, and it would be written into the running stats.
-            raise ValueError(f"batchnorm in 'train' mode needs a non-empty batch, got x of "
-                             f"shape {x.shape}")
+        check_nonempty_batch(x)
         mean = x.mean(axis=axes, keepdims=True)
         x_centered = x - mean
         var = (x_centered * x_centered).mean(axis=axes, keepdims=True)
@@ -223,7 +235,8 @@ def batchnorm_forward(x, gamma, beta, bn_param):
     return _batchnorm_forward(x, gamma, beta, bn_param, axes=(0,))
 
 
-def _require_train_cache(cache):
+def require_train_cache(cache):
+    """ValueError when a batchnorm backward gets the (None) cache of a 'test' forward."""
     if cache is None:
         raise ValueError("backward needs the cache of a forward pass in 'train' mode")
 
@@ -234,7 +247,7 @@ def batchnorm_backward(dout, cache):
     out = gamma * xhat + beta, xhat = xc * inv_std, xc = x - mean, inv_std = 1/sqrt(var + eps),
     var = mean(xc**2). Returns dx (N, D), dgamma (D,), dbeta (D,).
     """
-    _require_train_cache(cache)
+    require_train_cache(cache)
     axes, x_centered, inv_std, xhat, gamma = cache
     dout = check_dout(dout, xhat.shape)
     M = dout.size // inv_std.size  # values per statistic
@@ -255,7 +268,7 @@ def batchnorm_backward(dout, cache):
 
 def batchnorm_backward_alt(dout, cache):
     """Backward through batchnorm in one closed-form expression (same result, fewer passes)."""
-    _require_train_cache(cache)
+    require_train_cache(cache)
     axes, _, inv_std, xhat, gamma = cache
     dout = check_dout(dout, xhat.shape)
     M = dout.size // inv_std.size  # values per statistic
@@ -274,7 +287,7 @@ def layernorm_forward(x, gamma, beta, ln_param):
     are ignored. Identical in train and test. Returns out (N, D) and cache.
     """
     x = as_float_array(x, ndim=2)
-    x, gamma, beta = _norm_operands(x, gamma, beta, (x.shape[1],))
+    x, gamma, beta = norm_operands(x, gamma, beta, (x.shape[1],))
     eps = ln_param.get("eps", 1e-5)
     mean = x.mean(axis=1, keepdims=True)  # (N, 1)
     inv_std = 1 / np.sqrt(x.var(axis=1, keepdims=True) + eps)
@@ -317,7 +330,7 @@ def spatial_groupnorm_forward(x, gamma, beta, G, gn_param):
     N, C, H, W = x.shape
     if C % check_int(G, "G", 1):
         raise ValueError(f"G must be a positive integer dividing C={C}, got {G!r}")
-    x, gamma, beta = _norm_operands(x, gamma, beta, (1, C, 1, 1))
+    x, gamma, beta = norm_operands(x, gamma, beta, (1, C, 1, 1))
     eps = gn_param.get("eps", 1e-5)
     x_groups = x.reshape(N, G, -1)  # (N, G, C/G * H * W)
     mean = x_groups.mean(axis=2, keepdims=True)

@@ -222,3 +222,25 @@ def test_save_and_load_round_trip(tmp_path, rng):
         np.testing.assert_array_equal(ours["running_mean"], theirs["running_mean"])
         np.testing.assert_array_equal(ours["running_var"], theirs["running_var"])
     np.testing.assert_array_equal(loaded.loss(X), model.loss(X))
+
+
+def test_fused_bn_relu_equals_the_layers_run_one_by_one(rng, monkeypatch):
+    from convlab.classifiers import convnet_layers
+
+    X = rng.standard_normal((5, 3, 8, 8))
+    y = rng.integers(10, size=5)
+
+    def run():
+        model = ConvNet("[conv3-6,bn,relu]x2,pool,fc10", input_dim=(3, 8, 8),
+                        dtype=np.float64, seed=0)
+        loss, grads = model.loss(X, y)
+        return loss, grads, model.bn_params
+
+    fused = run()
+    monkeypatch.setattr(convnet_layers, "FUSED_PAIRS", {})
+    separate = run()
+    assert fused[0] == pytest.approx(separate[0], rel=1e-12)
+    for name in fused[1]:
+        np.testing.assert_allclose(fused[1][name], separate[1][name], rtol=1e-9, atol=1e-12)
+    for a, b in zip(fused[2], separate[2], strict=True):
+        np.testing.assert_allclose(a["running_var"], b["running_var"], rtol=1e-12)

@@ -4,6 +4,7 @@ import threading
 
 import numpy as np
 import pytest
+from conftest import check_layer_gradients
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -532,3 +533,76 @@ def test_conv_backward_rejects_wrong_dout_shape(rng):
     _, cache = fl.conv_forward_fast(x, w, b, conv_param)
     with pytest.raises(ValueError, match="dout must have shape"):
         fl.conv_backward_fast(np.ones((2, 4, 5, 6)), cache)
+
+
+# ------------------------------------------------------------------------- batchnorm (+ relu)
+
+
+BN_SHAPES = [(4, 3, 5, 7), (1, 2, 1, 1), (3, 5, 2, 9), (64, 8, 4, 4)]
+
+
+@pytest.mark.parametrize("dtype, tol", [(np.float64, 1e-10), (np.float32, 1e-5)])
+@pytest.mark.parametrize("shape", BN_SHAPES)
+@pytest.mark.parametrize("relu", [False, True])
+def test_fast_spatial_batchnorm_equals_the_readable_layers(dtype, tol, shape, relu, rng):
+    from convlab.layers import (
+        relu_backward,
+        spatial_batchnorm_backward,
+        spatial_batchnorm_forward,
+    )
+
+    C = shape[1]
+    x = (rng.standard_normal(shape) * 3 + 1.5).astype(dtype)
+    gamma, beta = rng.standard_normal(C).astype(dtype), rng.standard_normal(C).astype(dtype)
+    dout = rng.standard_normal(shape).astype(dtype)
+    readable_param = {"mode": "train", "momentum": 0.8}
+    fast_param = {"mode": "train", "momentum": 0.8}
+    expected, cache = spatial_batchnorm_forward(x, gamma, beta, readable_param)
+    if relu:
+        forward = fl.spatial_batchnorm_relu_forward_fast
+        backward = fl.spatial_batchnorm_relu_backward_fast
+        upstream = relu_backward(dout, expected)
+        expected = np.maximum(expected, 0)
+    else:
+        forward, backward = fl.spatial_batchnorm_forward_fast, fl.spatial_batchnorm_backward_fast
+        upstream = dout
+    out, fast_cache = forward(x, gamma, beta, fast_param)
+    assert out.dtype == dtype
+    np.testing.assert_allclose(out, expected, rtol=tol, atol=tol)
+    for key in ("running_mean", "running_var"):
+        assert fast_param[key].dtype == dtype
+        np.testing.assert_allclose(fast_param[key], readable_param[key], rtol=tol, atol=tol)
+    for got, want in zip(backward(dout, fast_cache),
+                         spatial_batchnorm_backward(upstream, cache), strict=True):
+        assert got.dtype == dtype
+        np.testing.assert_allclose(got, want, rtol=tol, atol=tol * np.abs(want).max())
+    # Test mode: the running statistics, then the relu.
+    fast_param["mode"] = readable_param["mode"] = "test"
+    test_out, _ = forward(x, gamma, beta, fast_param)
+    reference, _ = spatial_batchnorm_forward(x, gamma, beta, readable_param)
+    np.testing.assert_allclose(test_out, np.maximum(reference, 0) if relu else reference,
+                               rtol=tol, atol=tol)
+
+
+def test_fast_spatial_batchnorm_gradients(rng):
+    x = rng.standard_normal((3, 4, 5, 5)) * 2 + 1
+    gamma, beta = rng.standard_normal(4), rng.standard_normal(4)
+    check_layer_gradients(
+        lambda x, g, b: fl.spatial_batchnorm_forward_fast(x, g, b, {"mode": "train"}),
+        fl.spatial_batchnorm_backward_fast, (x, gamma, beta), rng)
+
+
+def test_fast_spatial_batchnorm_rejects_bad_input(rng):
+    x = rng.standard_normal((2, 3, 4, 4))
+    with pytest.raises(ValueError, match="gamma and beta must have shape"):
+        fl.spatial_batchnorm_forward_fast(x, np.ones(2), np.zeros(3), {"mode": "train"})
+    with pytest.raises(ValueError, match="non-empty batch"):
+        fl.spatial_batchnorm_relu_forward_fast(x[:0], np.ones(3), np.zeros(3), {"mode": "train"})
+    with pytest.raises(ValueError, match="4-dimensional"):
+        fl.spatial_batchnorm_forward_fast(x[0], np.ones(3), np.zeros(3), {"mode": "train"})
+    _, cache = fl.spatial_batchnorm_forward_fast(x, np.ones(3), np.zeros(3), {"mode": "test"})
+    with pytest.raises(ValueError, match="'train' mode"):
+        fl.spatial_batchnorm_backward_fast(np.ones_like(x), cache)
+    _, cache = fl.spatial_batchnorm_forward_fast(x, np.ones(3), np.zeros(3), {"mode": "train"})
+    with pytest.raises(ValueError, match="dout must have shape"):
+        fl.spatial_batchnorm_backward_fast(np.ones((2, 3, 4, 5)), cache)

@@ -31,6 +31,10 @@ from convlab.fast_layers import (
     global_avg_pool_forward_fast,
     max_pool_backward_fast,
     max_pool_forward_fast,
+    spatial_batchnorm_backward_fast,
+    spatial_batchnorm_forward_fast,
+    spatial_batchnorm_relu_backward_fast,
+    spatial_batchnorm_relu_forward_fast,
 )
 from convlab.layers import (
     affine_backward,
@@ -45,8 +49,6 @@ from convlab.layers import (
     leaky_relu_forward,
     relu_backward,
     relu_forward,
-    spatial_batchnorm_backward,
-    spatial_batchnorm_forward,
     spatial_groupnorm_backward,
     spatial_groupnorm_forward,
 )
@@ -191,13 +193,24 @@ def _build_bn(builder, layer, args, shape):
 
 
 def _bn_forward(layer, x, p):
-    bn = spatial_batchnorm_forward if x.ndim == 4 else batchnorm_forward
+    bn = spatial_batchnorm_forward_fast if x.ndim == 4 else batchnorm_forward
     return bn(x, p[layer.key("gamma")], p[layer.key("beta")], layer.opts["bn_param"])
 
 
 def _bn_backward(layer, dout, cache, grads):
-    bn = spatial_batchnorm_backward if dout.ndim == 4 else batchnorm_backward_alt
+    bn = spatial_batchnorm_backward_fast if dout.ndim == 4 else batchnorm_backward_alt
     dx, grads[layer.key("gamma")], grads[layer.key("beta")] = bn(dout, cache)
+    return dx
+
+
+def _bn_relu_forward(layer, x, p):
+    return spatial_batchnorm_relu_forward_fast(x, p[layer.key("gamma")], p[layer.key("beta")],
+                                               layer.opts["bn_param"])
+
+
+def _bn_relu_backward(layer, dout, cache, grads):
+    dx, grads[layer.key("gamma")], grads[layer.key("beta")] = (
+        spatial_batchnorm_relu_backward_fast(dout, cache))
     return dx
 
 
@@ -381,25 +394,57 @@ class LayerTimes:
         return result
 
 
+# Pairs of consecutive layers on images that run as one compiled kernel, reading and
+# writing the activations once: (kind, next kind) -> (forward, backward) of the first
+# layer's signature. The second layer's cache slot holds FUSED.
+FUSED_PAIRS = {("bn", "relu"): (_bn_relu_forward, _bn_relu_backward)}
+FUSED = "fused with the previous layer"
+
+
+def _fused_pair(layers, i, x):
+    """The (forward, backward) pair fusing layers[i] with layers[i + 1] on x, or None."""
+    if i + 1 < len(layers) and x.ndim == 4:
+        return FUSED_PAIRS.get((layers[i].kind, layers[i + 1].kind))
+    return None
+
+
+def _timed(times, name, phase, fn, *args):
+    return fn(*args) if times is None else times.timed(name, phase, fn, *args)
+
+
 def run_forward(layers, x, params, times=None):
     """Run x through layers in order. Returns the output and one cache per layer."""
     caches = []
-    for layer in layers:
-        forward = KINDS[layer.kind].forward
-        if times is None:
-            x, cache = forward(layer, x, params)
-        else:
-            x, cache = times.timed(layer.kind, "forward", forward, layer, x, params)
+    i = 0
+    while i < len(layers):
+        layer = layers[i]
+        pair = _fused_pair(layers, i, x)
+        if pair is not None:
+            name = f"{layer.kind}+{layers[i + 1].kind}"
+            x, cache = _timed(times, name, "forward", pair[0], layer, x, params)
+            caches += [cache, FUSED]
+            i += 2
+            continue
+        x, cache = _timed(times, layer.kind, "forward", KINDS[layer.kind].forward, layer, x,
+                          params)
         caches.append(cache)
+        i += 1
     return x, caches
 
 
 def run_backward(layers, dout, caches, grads, times=None):
     """Backpropagate dout through layers in reverse, filling grads. Returns dx."""
-    for layer, cache in zip(reversed(layers), reversed(caches), strict=True):
-        backward = KINDS[layer.kind].backward
-        if times is None:
-            dout = backward(layer, dout, cache, grads)
-        else:
-            dout = times.timed(layer.kind, "backward", backward, layer, dout, cache, grads)
+    i = len(layers) - 1
+    while i >= 0:
+        layer = layers[i]
+        if caches[i] is FUSED:  # the pair (i - 1, i) ran as one: its backward is i - 1's
+            first = layers[i - 1]
+            backward = FUSED_PAIRS[(first.kind, layer.kind)][1]
+            dout = _timed(times, f"{first.kind}+{layer.kind}", "backward", backward, first,
+                          dout, caches[i - 1], grads)
+            i -= 2
+            continue
+        dout = _timed(times, layer.kind, "backward", KINDS[layer.kind].backward, layer, dout,
+                      caches[i], grads)
+        i -= 1
     return dout
