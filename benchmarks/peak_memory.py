@@ -12,49 +12,22 @@ import resource
 import subprocess
 import sys
 
+from reference_steps import convlab_reference_step, torch_reference_step
+
 
 def _peak_mib():
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
 
 
-def _convlab_steps(batch, steps):
-    import numpy as np
-
-    from convlab import optim
-    from convlab.classifiers import ConvNet
-
-    model = ConvNet("reference", seed=0)
-    rng = np.random.default_rng(0)
-    X = rng.standard_normal((batch, 3, 32, 32)).astype(np.float32)
-    y = rng.integers(10, size=batch)
-    configs = {name: {"learning_rate": 1e-3} for name in model.params}
+def _steps(library, batch, threads, steps):
+    """(peak before, peak after) ``steps`` reference steps of ``library``, in MiB."""
+    if library == "convlab":
+        _, step = convlab_reference_step(batch)
+    else:
+        _, step = torch_reference_step(batch, threads)
     before = _peak_mib()
     for _ in range(steps):
-        _, grads = model.loss(X, y)
-        for name, w in model.params.items():
-            model.params[name], configs[name] = optim.adam(w, grads[name], configs[name])
-    return before, _peak_mib()
-
-
-def _torch_steps(batch, steps):
-    import torch
-    import torch.nn.functional as F
-    from torch import nn
-
-    def block(ci, co):
-        return [nn.Conv2d(ci, co, 3, padding=1, bias=False), nn.BatchNorm2d(co), nn.ReLU()]
-
-    net = nn.Sequential(*block(3, 32), *block(32, 32), nn.MaxPool2d(2),
-                        *block(32, 64), *block(64, 64), nn.MaxPool2d(2),
-                        *block(64, 128), *block(128, 128), nn.MaxPool2d(2),
-                        nn.Flatten(), nn.Linear(128 * 16, 10))
-    opt = torch.optim.Adam(net.parameters(), lr=1e-3)
-    X, y = torch.randn(batch, 3, 32, 32), torch.randint(0, 10, (batch,))
-    before = _peak_mib()
-    for _ in range(steps):
-        opt.zero_grad()
-        F.cross_entropy(net(X), y).backward()
-        opt.step()
+        step()
     return before, _peak_mib()
 
 
@@ -66,12 +39,7 @@ def main():
     parser.add_argument("--worker", choices=["convlab", "torch"])
     args = parser.parse_args()
     if args.worker:
-        if args.worker == "torch":
-            import torch
-
-            torch.set_num_threads(args.threads)
-        run = _convlab_steps if args.worker == "convlab" else _torch_steps
-        before, after = run(args.batch, args.steps)
+        before, after = _steps(args.worker, args.batch, args.threads, args.steps)
         print("RESULT " + json.dumps({"before": before, "after": after}))
         return
     env = dict(os.environ)

@@ -18,37 +18,14 @@ import subprocess
 import sys
 import time
 
-
-def _median_time(fn, reps, warmup=2):
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(reps):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+from reference_steps import convlab_reference_step, median_time, torch_reference_step
 
 
 def _convlab(batch, reps):
-    import numpy as np
-
-    from convlab import optim
-    from convlab.classifiers import ConvNet
     from convlab.classifiers.convnet import LayerTimes
 
-    model = ConvNet("reference", seed=0)
-    rng = np.random.default_rng(0)
-    X = rng.standard_normal((batch, 3, 32, 32)).astype(np.float32)
-    y = rng.integers(10, size=batch)
-    configs = {name: {"learning_rate": 1e-3} for name in model.params}
-
-    def step():
-        _, grads = model.loss(X, y)
-        for name, w in model.params.items():
-            model.params[name], configs[name] = optim.adam(w, grads[name], configs[name])
-
-    result = {"step": _median_time(step, reps)}
+    model, step = convlab_reference_step(batch)
+    result = {"step": median_time(step, reps)}
     # The split comes from its own profiled steps: their total, not the median above, is
     # what the layer kinds' times add up to.
     model.layer_times = LayerTimes()
@@ -62,29 +39,8 @@ def _convlab(batch, reps):
 
 
 def _torch(batch, reps, threads):
-    import torch
-    import torch.nn.functional as F
-    from torch import nn
-
-    torch.set_num_threads(threads)
-    torch.manual_seed(0)
-
-    def block(ci, co):
-        return [nn.Conv2d(ci, co, 3, padding=1, bias=False), nn.BatchNorm2d(co), nn.ReLU()]
-
-    net = nn.Sequential(*block(3, 32), *block(32, 32), nn.MaxPool2d(2),
-                        *block(32, 64), *block(64, 64), nn.MaxPool2d(2),
-                        *block(64, 128), *block(128, 128), nn.MaxPool2d(2),
-                        nn.Flatten(), nn.Linear(128 * 16, 10))
-    opt = torch.optim.Adam(net.parameters(), lr=1e-3)
-    X, y = torch.randn(batch, 3, 32, 32), torch.randint(0, 10, (batch,))
-
-    def step():
-        opt.zero_grad()
-        F.cross_entropy(net(X), y).backward()
-        opt.step()
-
-    return {"step": _median_time(step, reps)}
+    _, step = torch_reference_step(batch, threads)
+    return {"step": median_time(step, reps)}
 
 
 def main():
