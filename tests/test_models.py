@@ -80,8 +80,10 @@ def test_gradient_check_catches_wrong_gradients_of_every_model_kind(rng):
 
 
 def test_fully_connected_net_accepts_legacy_names(rng):
-    model = FullyConnectedNet([4], input_dim=3, dropout=0.5, normalization="batch_norm", seed=0)
-    assert model.use_dropout and model.normalization == "batchnorm"
+    with pytest.warns(DeprecationWarning, match="keep probability"):
+        model = FullyConnectedNet([4], input_dim=3, dropout=0.7, normalization="batch_norm",
+                                  seed=0)
+    assert model.dropout_param["p"] == 0.7 and model.normalization == "batchnorm"
     assert "gamma1" in model.params and "gamma2" not in model.params
     # The 2017 edition: use_batchnorm=True, and dropout=0 for "no dropout".
     model = FullyConnectedNet([4, 4], input_dim=3, dropout=0, use_batchnorm=True, seed=0)

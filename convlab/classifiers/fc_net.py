@@ -96,7 +96,8 @@ class FullyConnectedNet(Classifier):
     Params: W1..WL, b1..bL, and gamma1..gamma(L-1), beta1..beta(L-1) with normalization.
     ``dropout_keep_ratio`` is the keep probability; 1 disables dropout. Earlier editions'
     keywords: ``dropout`` (2018: the keep probability, 1 = off; 2017: 0 = off, so
-    ``dropout=0`` also means no dropout) and ``use_batchnorm=True`` (2017-2018:
+    ``dropout=0`` also means no dropout; deprecated, with a warning for values in (0, 1),
+    which the 2017 edition read as the drop probability) and ``use_batchnorm=True`` (2017-2018:
     ``normalization='batchnorm'``). ``seed`` seeds the weight initialisation and fixes the
     dropout mask, which makes the loss deterministic for gradient checks; the Solver draws
     fresh masks from its own generator while it trains (see Classifier.use_dropout_rng).
@@ -122,6 +123,14 @@ class FullyConnectedNet(Classifier):
             # 2017's dropout=0 ("dropout strength 0") is no dropout; otherwise 2018's keep
             # probability.
             dropout_keep_ratio = 1 if dropout == 0 else dropout
+            if 0 < dropout < 1:
+                import warnings
+
+                warnings.warn(
+                    f"FullyConnectedNet(dropout={dropout}) is read as the keep probability "
+                    "(the 2018 editions); in the 2017 edition it was the drop probability. "
+                    f"Say dropout_keep_ratio={dropout} (or {1 - dropout:g}) instead.",
+                    DeprecationWarning, stacklevel=2)
         if use_batchnorm:
             if normalization not in (None, "batchnorm", "batch_norm"):
                 raise ValueError(f"use_batchnorm=True conflicts with normalization="
