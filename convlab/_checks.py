@@ -173,3 +173,29 @@ def check_images_nhwc(Xs, name="Xs"):
     if not np.all(np.isfinite(Xs)):
         raise ValueError(f"{name} contains NaN or infinite values")
     return Xs
+
+
+def norm_operands(x, gamma, beta, shape):
+    """x, gamma, beta in their common float dtype; ValueError unless gamma and beta have
+    ``shape``."""
+    x, gamma, beta = float_operands(x=x, gamma=gamma, beta=beta)
+    if gamma.shape != shape or beta.shape != shape:
+        raise ValueError(
+            f"gamma and beta must have shape {shape} for x of shape {x.shape}, "
+            f"got {gamma.shape} and {beta.shape}"
+        )
+    return x, gamma, beta
+
+
+def check_nonempty_batch(x):
+    """ValueError for an empty batch in 'train' mode (its mean would be NaN)."""
+    if x.size == 0:
+        # The mean of nothing is NaN, and it would be written into the running stats.
+        raise ValueError(f"batchnorm in 'train' mode needs a non-empty batch, got x of "
+                         f"shape {x.shape}")
+
+
+def require_train_cache(cache):
+    """ValueError when a batchnorm backward gets the (None) cache of a 'test' forward."""
+    if cache is None:
+        raise ValueError("backward needs the cache of a forward pass in 'train' mode")

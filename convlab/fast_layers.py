@@ -20,18 +20,15 @@ from convlab._checks import (
     check_conv_operands,
     check_dout,
     check_int,
+    check_nonempty_batch,
     check_pool_input,
     conv_output_size,
+    norm_operands,
     pool_output_size,
+    require_train_cache,
 )
 from convlab._threads import load_kernels
-from convlab.layers import (
-    batchnorm_running_stats,
-    check_nonempty_batch,
-    norm_operands,
-    require_train_cache,
-    spatial_batchnorm_forward,
-)
+from convlab.layers import batchnorm_running_stats, spatial_batchnorm_forward
 
 _kernels = load_kernels()
 

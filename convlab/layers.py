@@ -15,9 +15,12 @@ from convlab._checks import (
     check_int,
     check_keep_probability,
     check_labels,
+    check_nonempty_batch,
     check_pool_input,
     float_operands,
+    norm_operands,
     pool_output_size,
+    require_train_cache,
 )
 from convlab._course_random import CourseRandom
 
@@ -153,16 +156,7 @@ def _normalize_backward(dxhat, xhat, inv_std, axis):
     )
 
 
-def norm_operands(x, gamma, beta, shape):
-    """x, gamma, beta in their common float dtype; ValueError unless gamma and beta have
-    ``shape``."""
-    x, gamma, beta = float_operands(x=x, gamma=gamma, beta=beta)
-    if gamma.shape != shape or beta.shape != shape:
-        raise ValueError(
-            f"gamma and beta must have shape {shape} for x of shape {x.shape}, "
-            f"got {gamma.shape} and {beta.shape}"
-        )
-    return x, gamma, beta
+
 
 
 def batchnorm_running_stats(bn_param, D, dtype):
@@ -179,12 +173,7 @@ def batchnorm_running_stats(bn_param, D, dtype):
     return running_mean, running_var
 
 
-def check_nonempty_batch(x):
-    """ValueError for an empty batch in 'train' mode (its mean would be NaN)."""
-    if x.size == 0:
-        # The mean of nothing is NaN, and it would be written into the running stats.
-        raise ValueError(f"batchnorm in 'train' mode needs a non-empty batch, got x of "
-                         f"shape {x.shape}")
+
 
 
 def _batchnorm_forward(x, gamma, beta, bn_param, axes):
@@ -235,10 +224,7 @@ def batchnorm_forward(x, gamma, beta, bn_param):
     return _batchnorm_forward(x, gamma, beta, bn_param, axes=(0,))
 
 
-def require_train_cache(cache):
-    """ValueError when a batchnorm backward gets the (None) cache of a 'test' forward."""
-    if cache is None:
-        raise ValueError("backward needs the cache of a forward pass in 'train' mode")
+
 
 
 def batchnorm_backward(dout, cache):

@@ -103,3 +103,16 @@ def adam(w, dw, config=None):
 UPDATE_RULES = {
     rule.__name__: rule for rule in (sgd, sgd_momentum, nesterov_momentum, adagrad, rmsprop, adam)
 }
+
+
+def get_update_rule(rule):
+    """``rule`` as an update rule: a name in UPDATE_RULES or a callable ``(w, dw, config)``;
+    ValueError for anything else, naming the choices."""
+    if isinstance(rule, str):
+        if rule not in UPDATE_RULES:
+            raise ValueError(f'Invalid update_rule "{rule}"; choose one of '
+                             f"{', '.join(UPDATE_RULES)} or pass a callable")
+        return UPDATE_RULES[rule]
+    if not callable(rule):
+        raise ValueError("update_rule must be a name in convlab.optim or a callable")
+    return rule

@@ -122,15 +122,7 @@ class Solver:
             setattr(self, key, kwargs.get(key, default))
         self.optim_config = dict(self.optim_config or {})
 
-        if isinstance(self.update_rule, str):
-            if self.update_rule not in optim.UPDATE_RULES:
-                raise ValueError(
-                    f'Invalid update_rule "{self.update_rule}"; choose one of '
-                    f"{', '.join(optim.UPDATE_RULES)} or pass a callable"
-                )
-            self.update_rule = optim.UPDATE_RULES[self.update_rule]
-        elif not callable(self.update_rule):
-            raise ValueError("update_rule must be a name in convlab.optim or a callable")
+        self.update_rule = optim.get_update_rule(self.update_rule)
         if int(self.batch_size) < 1 or int(self.num_epochs) < 0:
             raise ValueError("batch_size must be >= 1 and num_epochs >= 0")
         self._schedule = self._make_schedule()
