@@ -414,3 +414,21 @@ def test_load_models_loads_model_files_and_never_unpickles(tmp_path, rng):
     assert list(models) == ["fc.npz"] and models["fc.npz"].params["W1"].shape == (4, 5)
     with pytest.raises(FileNotFoundError):
         load_models(tmp_path / "missing")
+
+
+def test_captioning_helpers_refuse_bad_input():
+    data = load_builtin_captions(num_train=4, num_val=2, seed=0)
+    with pytest.raises(ValueError, match=r"\(N, T\) or \(T,\)"):
+        decode_captions(np.zeros((2, 3, 4), dtype=int), data["idx_to_word"])
+    with pytest.raises(ValueError, match="batch_size"):
+        sample_coco_minibatch(data, 0)
+    with pytest.raises(ValueError, match="num_train"):
+        load_builtin_captions(num_train=0)
+    model = CaptioningRNN(data["word_to_idx"], input_dim=768, wordvec_dim=4, hidden_dim=5,
+                          seed=0)
+    with pytest.raises(ValueError, match="T >= 2"):
+        model.loss(data["train_features"][:2], data["train_captions"][:2, :1])
+    with pytest.raises(ValueError, match="max_length"):
+        model.sample(data["train_features"][:2], max_length=0)
+    with pytest.raises(ValueError, match="train_captions"):
+        CaptioningSolver(model, {"X_train": np.zeros(1)})

@@ -215,3 +215,10 @@ def test_every_course_module_path_and_name_imports_through_convlab(module):
     exec(f"from convlab.{module} import *", namespace)  # the notebooks' star imports
     starred = [name for name in COURSE_MODULES[module].split() if name not in namespace]
     assert not starred, f"from convlab.{module} import * does not give {starred}"
+
+
+def test_load_course_images_names_a_missing_folder(tmp_path):
+    from convlab.notebook_utils import load_course_images
+
+    with pytest.raises(FileNotFoundError, match="not found"):
+        load_course_images(10, 10, 0, source=str(tmp_path / "missing"), verbose=False)
