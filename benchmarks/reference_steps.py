@@ -1,7 +1,8 @@
 """The reference-net training step (forward + backward + Adam) in convlab and in PyTorch,
 shared by the benchmarks that run each library in a process of its own: ConvNet('reference')
 (six conv3-bn-relu blocks, three 2x2 max pools, one affine layer) and the same network and
-optimiser in PyTorch. Each builder returns (model, step) with step() one training step."""
+optimiser in PyTorch. Each builder returns (model, step) with step() one training step;
+on device 'cuda' step() waits for the GPU to finish, so wall time measures the work."""
 
 import statistics
 import time
@@ -19,27 +20,35 @@ def median_time(fn, reps, warmup=2):
     return statistics.median(times)
 
 
-def convlab_reference_step(batch):
+def convlab_reference_step(batch, device="cpu"):
     import numpy as np
 
     from convlab import optim
+    from convlab.backend import to_device
     from convlab.classifiers import ConvNet
 
-    model = ConvNet("reference", seed=0)
+    model = ConvNet("reference", seed=0).to(device)
     rng = np.random.default_rng(0)
-    X = rng.standard_normal((batch, 3, 32, 32)).astype(np.float32)
-    y = rng.integers(10, size=batch)
+    # The batch is made on the host and copied once: the step measures the training work.
+    X = to_device(rng.standard_normal((batch, 3, 32, 32)).astype(np.float32), device)
+    y = to_device(rng.integers(10, size=batch), device)
     configs = {name: {"learning_rate": 1e-3} for name in model.params}
+    synchronize = lambda: None  # noqa: E731 (the CPU computes in the call)
+    if device != "cpu":
+        import cupy
+
+        synchronize = cupy.cuda.get_current_stream().synchronize
 
     def step():
         _, grads = model.loss(X, y)
         for name, w in model.params.items():
             model.params[name], configs[name] = optim.adam(w, grads[name], configs[name])
+        synchronize()
 
     return model, step
 
 
-def torch_reference_step(batch, threads):
+def torch_reference_step(batch, threads, device="cpu"):
     import torch
     import torch.nn.functional as F
     from torch import nn
@@ -54,12 +63,16 @@ def torch_reference_step(batch, threads):
                         *block(32, 64), *block(64, 64), nn.MaxPool2d(2),
                         *block(64, 128), *block(128, 128), nn.MaxPool2d(2),
                         nn.Flatten(), nn.Linear(128 * 16, 10))
+    net = net.to(device)
     opt = torch.optim.Adam(net.parameters(), lr=1e-3)
-    X, y = torch.randn(batch, 3, 32, 32), torch.randint(0, 10, (batch,))
+    X = torch.randn(batch, 3, 32, 32, device=device)
+    y = torch.randint(0, 10, (batch,), device=device)
+    synchronize = torch.cuda.synchronize if device != "cpu" else (lambda: None)
 
     def step():
         opt.zero_grad()
         F.cross_entropy(net(X), y).backward()
         opt.step()
+        synchronize()
 
     return net, step

@@ -3,6 +3,8 @@
 
 import numpy as np
 
+from convlab.backend import device_of, get_array_module, is_host
+
 
 def _compute_dtype(dtypes):
     """The floating dtype a layer computes in for operands of ``dtypes``, as NumPy promotes
@@ -21,14 +23,20 @@ def float_operands(**arrays):
     """The named arrays (None passes through), cast to one floating dtype by NumPy's
     promotion rules (see _compute_dtype); TypeError for a non-array or a dtype that is not
     a real number of at most 64 bits. Returns them in the order given."""
+    devices = {}
     for name, a in arrays.items():
         if a is None:
             continue
-        if not isinstance(a, np.ndarray):
-            raise TypeError(f"{name} must be a NumPy array, got {type(a).__name__}")
+        if not isinstance(a, np.ndarray) and is_host(a):
+            raise TypeError(f"{name} must be a NumPy array (or a CuPy one), got {type(a).__name__}")
         if a.dtype.kind not in "biuf" or a.dtype.itemsize > 8:
             raise TypeError(f"{name} must hold real numbers (float32, float64 or integers), "
                             f"got dtype {a.dtype}")
+        devices.setdefault(device_of(a), name)
+    if len(devices) > 1:
+        placed = ", ".join(f"{name} on {device}" for device, name in devices.items())
+        raise TypeError(f"operands must be on one device, got {placed}; move them with "
+                        "convlab.backend.to_device (or model.to(device))")
     present = [a.dtype for a in arrays.values() if a is not None]
     dt = _compute_dtype(present)
     return tuple(None if a is None else a.astype(dt, copy=False) for a in arrays.values())
@@ -46,17 +54,18 @@ def as_float_array(x, name="x", ndim=None):
 def check_dout(dout, shape, dtype=None):
     """The upstream gradient of a layer whose output had ``shape``: ValueError for another
     shape; with ``dtype``, returned as a C-contiguous array of it (what kernels need)."""
-    dout = np.asarray(dout)
+    xp = get_array_module(dout)
+    dout = xp.asarray(dout)
     if dout.shape != tuple(shape):
         raise ValueError(f"dout must have shape {tuple(shape)} (the forward output), "
                          f"got {dout.shape}")
-    return dout if dtype is None else np.ascontiguousarray(dout, dtype=dtype)
+    return dout if dtype is None else xp.ascontiguousarray(dout, dtype=dtype)
 
 
 def check_labels(y, N=None, C=None, name="labels y"):
     """``y`` as an int64 array of N class labels in [0, C): TypeError unless integers,
     ValueError for another shape or a label out of range (N and C checked when given)."""
-    y = np.asarray(y)
+    y = get_array_module(y).asarray(y)
     if y.size and not np.issubdtype(y.dtype, np.integer):
         raise TypeError(f"{name} must be integers, got dtype {y.dtype}")
     if y.ndim != 1 or (N is not None and y.shape[0] != N):

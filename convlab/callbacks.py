@@ -19,6 +19,8 @@ import time
 
 import numpy as np
 
+from convlab.backend import asnumpy
+
 
 class Callback:
     """No-op base: override the hooks you need."""
@@ -219,10 +221,10 @@ class TensorBoard(Callback):
             self.writer.add_scalar(tag, value, epoch)
         if self.histograms:
             for name, value in solver.model.params.items():
-                self.writer.add_histogram(f"weights/{name}", value, epoch)
+                self.writer.add_histogram(f"weights/{name}", asnumpy(value), epoch)
                 grad = solver.last_grads.get(name)
                 if grad is not None:
-                    self.writer.add_histogram(f"gradients/{name}", grad, epoch)
+                    self.writer.add_histogram(f"gradients/{name}", asnumpy(grad), epoch)
         self.writer.flush()
 
     def on_train_end(self, solver):

@@ -9,6 +9,11 @@ The fast convolution works on a few large chunks of samples (see _CHUNK_BYTES): 
 columns, in the kernels' sample-major layout, go to scratch buffers reused across chunks
 and calls (no page faults from fresh 40 MB allocations), and the backward pass recomputes
 the columns from x instead of keeping them alive in the cache.
+
+On GPU arrays (CuPy) the layers of the models -- conv_*_fast, max/avg_pool_*_fast,
+global_avg_pool_*_fast and the spatial batchnorm (+relu) -- run convlab.gather_layers and
+the readable layers instead, which are written for any array module; the backward pass
+follows the device of dout.
 """
 
 import threading
@@ -28,7 +33,24 @@ from convlab._checks import (
     require_train_cache,
 )
 from convlab._threads import load_kernels
-from convlab.layers import batchnorm_running_stats, spatial_batchnorm_forward
+from convlab.backend import is_host
+from convlab.gather_layers import (
+    avg_pool_backward_gather,
+    avg_pool_forward_gather,
+    conv_backward_gather,
+    conv_forward_gather,
+    max_pool_backward_gather,
+    max_pool_forward_gather,
+)
+from convlab.layers import (
+    batchnorm_running_stats,
+    global_avg_pool_backward,
+    global_avg_pool_forward,
+    relu_backward,
+    relu_forward,
+    spatial_batchnorm_backward,
+    spatial_batchnorm_forward,
+)
 
 _kernels = load_kernels()
 
@@ -166,6 +188,8 @@ def conv_forward_fast(x, w, b, conv_param):
 
     x: (N, C, H, W), w: (F, C, HH, WW), b: (F,) or None. Returns out (N, F, H', W'), cache.
     """
+    if not is_host(x):
+        return conv_forward_gather(x, w, b, conv_param)
     x, w, b, (stride, pad, Ho, Wo) = _conv_operands(x, w, b, conv_param)
     N = x.shape[0]
     F, C, HH, WW = w.shape
@@ -189,6 +213,8 @@ def conv_backward_fast(dout, cache, need_dx=True):
     need_dx=False skips the input gradient (dx is returned as None): a network's first layer
     has no use for it, and it costs a GEMM and a col2im, about half the backward pass.
     """
+    if not is_host(dout):
+        return conv_backward_gather(dout, cache, need_dx)
     x, w, has_bias, stride, pad = cache
     N = x.shape[0]
     F, C, HH, WW = w.shape
@@ -299,6 +325,8 @@ def max_pool_forward_fast(x, pool_param):
     x: (N, C, H, W). Returns out (N, C, H', W') with H' = 1 + (H - pool_height) // stride,
     and a cache holding the argmax (flat h W + w index per output) for the backward pass.
     """
+    if not is_host(x):
+        return max_pool_forward_gather(x, pool_param)
     x, (ph, pw, stride, Ho, Wo) = _pool_operands(x, pool_param)
     N, C, H, W = x.shape
     out = np.empty((N, C, Ho, Wo), dtype=x.dtype)
@@ -310,6 +338,8 @@ def max_pool_forward_fast(x, pool_param):
 
 def max_pool_backward_fast(dout, cache):
     """Routes each output gradient to the first maximum of its window. Returns dx (N, C, H, W)."""
+    if not is_host(dout):
+        return max_pool_backward_gather(dout, cache)
     x_shape, dtype, argmax = cache
     N, C, H, W = x_shape
     _, _, Ho, Wo = argmax.shape
@@ -379,6 +409,8 @@ def max_pool_backward_im2col(dout, cache):
 
 def avg_pool_forward_fast(x, pool_param):
     """Average pooling (pool_param as for max pooling). Returns out (N, C, H', W'), cache."""
+    if not is_host(x):
+        return avg_pool_forward_gather(x, pool_param)
     x, (ph, pw, stride, Ho, Wo) = _pool_operands(x, pool_param)
     N, C, H, W = x.shape
     out = np.empty((N, C, Ho, Wo), dtype=x.dtype)
@@ -388,6 +420,8 @@ def avg_pool_forward_fast(x, pool_param):
 
 def avg_pool_backward_fast(dout, cache):
     """Spreads each output gradient evenly over its window. Returns dx (N, C, H, W)."""
+    if not is_host(dout):
+        return avg_pool_backward_gather(dout, cache)
     (N, C, H, W), dtype, (ph, pw, stride, Ho, Wo) = cache
     dout = check_dout(dout, (N, C, Ho, Wo), dtype)
     dx = np.empty((N, C, H, W), dtype=dtype)
@@ -397,6 +431,8 @@ def avg_pool_backward_fast(dout, cache):
 
 def global_avg_pool_forward_fast(x):
     """Mean over each channel's spatial positions. x: (N, C, H, W) -> out (N, C), cache."""
+    if not is_host(x):
+        return global_avg_pool_forward(x)
     x = as_float_array(x, "x", ndim=4)
     x = np.ascontiguousarray(x)
     N, C, H, W = x.shape
@@ -407,6 +443,8 @@ def global_avg_pool_forward_fast(x):
 
 def global_avg_pool_backward_fast(dout, cache):
     """dout: (N, C). Returns dx (N, C, H, W) with dout / (H W) at every position."""
+    if not is_host(dout):
+        return global_avg_pool_backward(dout, cache)
     (N, C, H, W), dtype = cache
     dout = check_dout(dout, (N, C), dtype)
     dx = np.empty((N, C, H, W), dtype=dtype)
@@ -422,6 +460,12 @@ def _spatial_batchnorm_fast(x, gamma, beta, bn_param, relu):
     x = as_float_array(x, ndim=4)
     N, C, H, W = x.shape
     x, gamma, beta = norm_operands(x, gamma, beta, (C,))
+    if not is_host(x):  # on a GPU: the readable layers, written for any array module
+        out, cache = spatial_batchnorm_forward(x, gamma, beta, bn_param)
+        if not relu:
+            return out, cache
+        out, relu_cache = relu_forward(out)
+        return out, (cache, relu_cache)
     if bn_param.get("mode") != "train":  # test mode is one affine map: the readable layer
         out, cache = spatial_batchnorm_forward(x, gamma, beta, bn_param)
         return (np.maximum(out, 0) if relu else out), cache
@@ -442,7 +486,12 @@ def _spatial_batchnorm_fast(x, gamma, beta, bn_param, relu):
     return out.reshape(x.shape), (x.shape, xhat, mask, gamma, inv_std, relu)
 
 
-def _spatial_batchnorm_backward_fast(dout, cache):
+def _spatial_batchnorm_backward_fast(dout, cache, relu):
+    if not is_host(dout):
+        if relu:
+            cache, relu_cache = cache
+            dout = relu_backward(dout, relu_cache)
+        return spatial_batchnorm_backward(dout, cache)
     require_train_cache(cache)
     shape, xhat, mask, gamma, inv_std, relu = cache
     N, C, S = xhat.shape
@@ -466,7 +515,7 @@ def spatial_batchnorm_forward_fast(x, gamma, beta, bn_param):
 
 def spatial_batchnorm_backward_fast(dout, cache):
     """dout: (N, C, H, W). Returns dx (N, C, H, W), dgamma (C,), dbeta (C,)."""
-    return _spatial_batchnorm_backward_fast(dout, cache)
+    return _spatial_batchnorm_backward_fast(dout, cache, relu=False)
 
 
 def spatial_batchnorm_relu_forward_fast(x, gamma, beta, bn_param):
@@ -478,4 +527,4 @@ def spatial_batchnorm_relu_forward_fast(x, gamma, beta, bn_param):
 
 def spatial_batchnorm_relu_backward_fast(dout, cache):
     """Backward through the relu and the batchnorm: dx (N, C, H, W), dgamma, dbeta (C,)."""
-    return _spatial_batchnorm_backward_fast(dout, cache)
+    return _spatial_batchnorm_backward_fast(dout, cache, relu=True)

@@ -4,6 +4,10 @@ Every ``*_forward`` returns ``(out, cache)`` and its ``*_backward(dout, cache)``
 gradients with respect to the forward's inputs. Losses return ``(loss, dscores)``. Inputs keep
 their dtype: float32 in, float32 out; mixed or integer operands are promoted as NumPy promotes
 them (integers compute in float64); gradient checks run in float64.
+
+Every layer runs on the device its inputs live on: ``xp = get_array_module(x)`` is numpy
+for NumPy arrays and cupy for CuPy arrays (see convlab.backend), and the maths below is
+written against ``xp``.
 """
 
 import numpy as np
@@ -23,6 +27,7 @@ from convlab._checks import (
     require_train_cache,
 )
 from convlab._course_random import CourseRandom
+from convlab.backend import get_array_module, uniform
 
 # ----------------------------------------------------------------------------- affine / relu
 
@@ -58,7 +63,7 @@ def affine_backward(dout, cache):
 def relu_forward(x):
     """Elementwise max(0, x); the cache is x itself."""
     x = as_float_array(x)
-    return np.maximum(x, 0), x
+    return get_array_module(x).maximum(x, 0), x
 
 
 def relu_backward(dout, cache):
@@ -72,14 +77,15 @@ def leaky_relu_forward(x, alpha=0.01):
     x = as_float_array(x)
     if not 0 <= alpha < 1:
         raise ValueError(f"leaky relu slope alpha must be in [0, 1), got {alpha}")
-    return np.where(x > 0, x, x * x.dtype.type(alpha)), (x, alpha)
+    xp = get_array_module(x)
+    return xp.where(x > 0, x, x * x.dtype.type(alpha)), (x, alpha)
 
 
 def leaky_relu_backward(dout, cache):
     """Gradient of leaky_relu_forward: dout where x > 0, else alpha * dout."""
     x, alpha = cache
     dout = check_dout(dout, x.shape)
-    return np.where(x > 0, dout, dout * dout.dtype.type(alpha))
+    return get_array_module(x).where(x > 0, dout, dout * dout.dtype.type(alpha))
 
 
 def elu_forward(x, alpha=1.0):
@@ -88,8 +94,9 @@ def elu_forward(x, alpha=1.0):
     if alpha <= 0:
         raise ValueError(f"elu alpha must be positive, got {alpha}")
     alpha = x.dtype.type(alpha)
+    xp = get_array_module(x)
     # expm1 of the clipped input: positive x would overflow exp yet takes the other branch.
-    out = np.where(x > 0, x, alpha * np.expm1(np.minimum(x, 0)))
+    out = xp.where(x > 0, x, alpha * xp.expm1(xp.minimum(x, 0)))
     return out, (x, out, alpha)
 
 
@@ -98,7 +105,7 @@ def elu_backward(dout, cache):
     x, out, alpha = cache
     dout = check_dout(dout, x.shape)
     # For x <= 0, d/dx alpha (e^x - 1) = alpha e^x = out + alpha.
-    return np.where(x > 0, dout, dout * (out + alpha))
+    return get_array_module(x).where(x > 0, dout, dout * (out + alpha))
 
 
 # ----------------------------------------------------------------------------- losses
@@ -111,13 +118,15 @@ def softmax_loss(x, y):
     Returns loss (float) and dx (N, C).
     """
     x = as_float_array(x, ndim=2)
-    check_labels(y, x.shape[0], x.shape[1])
-    N = x.shape[0]
+    y = check_labels(y, x.shape[0], x.shape[1])
+    xp = get_array_module(x, y)
+    rows = xp.arange(x.shape[0])
     shifted = x - x.max(axis=1, keepdims=True)  # stable: exp never overflows
-    log_probs = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
-    loss = -log_probs[np.arange(N), y].mean()
-    dx = np.exp(log_probs)
-    dx[np.arange(N), y] -= 1
+    log_probs = shifted - xp.log(xp.exp(shifted).sum(axis=1, keepdims=True))
+    loss = -log_probs[rows, y].mean()
+    dx = xp.exp(log_probs)
+    dx[rows, y] -= 1
+    N = x.shape[0]
     dx /= N
     return float(loss), dx
 
@@ -129,14 +138,16 @@ def svm_loss(x, y):
     Returns loss (float) and dx (N, C).
     """
     x = as_float_array(x, ndim=2)
-    check_labels(y, x.shape[0], x.shape[1])
+    y = check_labels(y, x.shape[0], x.shape[1])
+    xp = get_array_module(x, y)
     N = x.shape[0]
-    correct = x[np.arange(N), y][:, None]  # (N, 1)
-    margins = np.maximum(0, x - correct + 1)
-    margins[np.arange(N), y] = 0
+    rows = xp.arange(N)
+    correct = x[rows, y][:, None]  # (N, 1)
+    margins = xp.maximum(0, x - correct + 1)
+    margins[rows, y] = 0
     loss = margins.sum() / N
     positive = (margins > 0).astype(x.dtype)
-    positive[np.arange(N), y] = -positive.sum(axis=1)
+    positive[rows, y] = -positive.sum(axis=1)
     return float(loss), positive / N
 
 
@@ -159,15 +170,16 @@ def _normalize_backward(dxhat, xhat, inv_std, axis):
 
 
 
-def batchnorm_running_stats(bn_param, D, dtype):
-    """bn_param's running_mean and running_var, (D,) zeros of ``dtype`` when absent;
-    ValueError for another shape. Shared by every batchnorm implementation."""
+def batchnorm_running_stats(bn_param, D, dtype, xp=np):
+    """bn_param's running_mean and running_var, (D,) zeros of ``dtype`` from the array
+    module ``xp`` when absent; ValueError for another shape. Shared by every batchnorm
+    implementation."""
     running_mean = bn_param.get("running_mean")
     running_var = bn_param.get("running_var")
     if running_mean is None:
-        running_mean = np.zeros(D, dtype=dtype)
+        running_mean = xp.zeros(D, dtype=dtype)
     if running_var is None:
-        running_var = np.zeros(D, dtype=dtype)
+        running_var = xp.zeros(D, dtype=dtype)
     if running_mean.shape != (D,) or running_var.shape != (D,):
         raise ValueError(f"running_mean and running_var must have shape ({D},)")
     return running_mean, running_var
@@ -184,7 +196,8 @@ def _batchnorm_forward(x, gamma, beta, bn_param, axes):
     mode = bn_param.get("mode")
     eps = bn_param.get("eps", 1e-5)
     momentum = bn_param.get("momentum", 0.9)
-    running_mean, running_var = batchnorm_running_stats(bn_param, D, x.dtype)
+    xp = get_array_module(x)
+    running_mean, running_var = batchnorm_running_stats(bn_param, D, x.dtype, xp)
     channel_shape = (D,) + (1,) * (x.ndim - 2)  # broadcasts a (D,) vector over x's channels
     gamma_b, beta_b = gamma.reshape(channel_shape), beta.reshape(channel_shape)
 
@@ -193,14 +206,14 @@ def _batchnorm_forward(x, gamma, beta, bn_param, axes):
         mean = x.mean(axis=axes, keepdims=True)
         x_centered = x - mean
         var = (x_centered * x_centered).mean(axis=axes, keepdims=True)
-        inv_std = 1 / np.sqrt(var + eps)
+        inv_std = 1 / xp.sqrt(var + eps)
         xhat = x_centered * inv_std
         out = gamma_b * xhat + beta_b
         running_mean = momentum * running_mean + (1 - momentum) * mean.reshape(D)
         running_var = momentum * running_var + (1 - momentum) * var.reshape(D)
         cache = (axes, x_centered, inv_std, xhat, gamma_b)
     elif mode == "test":
-        scale = gamma / np.sqrt(running_var + eps)
+        scale = gamma / xp.sqrt(running_var + eps)
         out = scale.reshape(channel_shape) * (x - running_mean.reshape(channel_shape)) + beta_b
         cache = None
     else:
@@ -276,7 +289,7 @@ def layernorm_forward(x, gamma, beta, ln_param):
     x, gamma, beta = norm_operands(x, gamma, beta, (x.shape[1],))
     eps = ln_param.get("eps", 1e-5)
     mean = x.mean(axis=1, keepdims=True)  # (N, 1)
-    inv_std = 1 / np.sqrt(x.var(axis=1, keepdims=True) + eps)
+    inv_std = 1 / get_array_module(x).sqrt(x.var(axis=1, keepdims=True) + eps)
     xhat = (x - mean) * inv_std
     out = gamma * xhat + beta
     return out.astype(x.dtype, copy=False), (inv_std, xhat, gamma)
@@ -320,7 +333,7 @@ def spatial_groupnorm_forward(x, gamma, beta, G, gn_param):
     eps = gn_param.get("eps", 1e-5)
     x_groups = x.reshape(N, G, -1)  # (N, G, C/G * H * W)
     mean = x_groups.mean(axis=2, keepdims=True)
-    inv_std = 1 / np.sqrt(x_groups.var(axis=2, keepdims=True) + eps)
+    inv_std = 1 / get_array_module(x).sqrt(x_groups.var(axis=2, keepdims=True) + eps)
     xhat = ((x_groups - mean) * inv_std).reshape(x.shape)
     out = gamma * xhat + beta
     return out.astype(x.dtype, copy=False), (G, inv_std, xhat, gamma)
@@ -360,8 +373,8 @@ def dropout_forward(x, dropout_param):
         raise ValueError(f"dropout_param['mode'] must be 'train' or 'test', got {mode!r}")
     if mode == "test" or p == 1:
         return x, (dropout_param, None)
-    rng = dropout_param.get("rng") or CourseRandom(dropout_param.get("seed"))
-    mask = (rng.random(x.shape) < p).astype(x.dtype) / x.dtype.type(p)
+    rng = dropout_param.get("rng") or CourseRandom(dropout_param.get("seed")).generator
+    mask = (uniform(rng, x.shape, like=x) < p).astype(x.dtype) / x.dtype.type(p)
     return x * mask, (dropout_param, mask)
 
 
@@ -375,7 +388,7 @@ def dropout_backward(dout, cache):
 
 
 def _pad_spatial(x, pad):
-    return np.pad(x, ((0, 0), (0, 0), (pad, pad), (pad, pad)))
+    return get_array_module(x).pad(x, ((0, 0), (0, 0), (pad, pad), (pad, pad)))
 
 
 def conv_forward_naive(x, w, b, conv_param):
@@ -389,12 +402,13 @@ def conv_forward_naive(x, w, b, conv_param):
     N = x.shape[0]
     F, _, HH, WW = w.shape
 
+    xp = get_array_module(x)
     x_pad = _pad_spatial(x, pad)
-    out = np.empty((N, F, H_out, W_out), dtype=x.dtype)
+    out = xp.empty((N, F, H_out, W_out), dtype=x.dtype)
     for i in range(H_out):
         for j in range(W_out):
             window = x_pad[:, :, i * stride : i * stride + HH, j * stride : j * stride + WW]
-            out[:, :, i, j] = np.tensordot(window, w, axes=([1, 2, 3], [1, 2, 3]))  # (N, F)
+            out[:, :, i, j] = xp.tensordot(window, w, axes=([1, 2, 3], [1, 2, 3]))  # (N, F)
     if b is not None:
         out += b[:, None, None]
     return out, (x, w, b, conv_param)
@@ -406,19 +420,20 @@ def conv_backward_naive(dout, cache):
     _, _, _, (stride, pad, H_out, W_out) = check_conv_operands(x, w, b, conv_param)
     _, _, HH, WW = w.shape
     dout = check_dout(dout, (x.shape[0], w.shape[0], H_out, W_out))
+    xp = get_array_module(x)
     x_pad = _pad_spatial(x, pad)
-    dx_pad = np.zeros_like(x_pad)
-    dw = np.zeros_like(w)
+    dx_pad = xp.zeros_like(x_pad)
+    dw = xp.zeros_like(w)
     for i in range(H_out):
         for j in range(W_out):
             rows = slice(i * stride, i * stride + HH)
             cols = slice(j * stride, j * stride + WW)
             d = dout[:, :, i, j]  # (N, F)
-            dw += np.tensordot(d, x_pad[:, :, rows, cols], axes=([0], [0]))
-            dx_pad[:, :, rows, cols] += np.tensordot(d, w, axes=([1], [0]))
+            dw += xp.tensordot(d, x_pad[:, :, rows, cols], axes=([0], [0]))
+            dx_pad[:, :, rows, cols] += xp.tensordot(d, w, axes=([1], [0]))
     dx = dx_pad[:, :, pad : pad + x.shape[2], pad : pad + x.shape[3]]
     db = None if b is None else dout.sum(axis=(0, 2, 3))
-    return np.ascontiguousarray(dx), dw, db
+    return xp.ascontiguousarray(dx), dw, db
 
 
 # ----------------------------------------------------------------------------- pooling
@@ -432,7 +447,7 @@ def max_pool_forward_naive(x, pool_param):
     """
     x, (ph, pw, stride, H_out, W_out) = check_pool_input(x, pool_param)
     N, C = x.shape[:2]
-    out = np.empty((N, C, H_out, W_out), dtype=x.dtype)
+    out = get_array_module(x).empty((N, C, H_out, W_out), dtype=x.dtype)
     for i in range(H_out):
         for j in range(W_out):
             window = x[:, :, i * stride : i * stride + ph, j * stride : j * stride + pw]
@@ -446,14 +461,15 @@ def max_pool_backward_naive(dout, cache):
     x, (ph, pw, stride, H_out, W_out) = check_pool_input(x, pool_param)
     N, C = x.shape[:2]
     dout = check_dout(dout, (N, C, H_out, W_out))
-    dx = np.zeros_like(x)
+    xp = get_array_module(x)
+    dx = xp.zeros_like(x)
+    positions = xp.arange(ph * pw)  # of a value inside its window, row by row
     for i in range(H_out):
         for j in range(W_out):
             rows = slice(i * stride, i * stride + ph)
             cols = slice(j * stride, j * stride + pw)
             window = x[:, :, rows, cols].reshape(N, C, -1)
-            one_hot = np.zeros_like(window)
-            np.put_along_axis(one_hot, window.argmax(axis=2)[..., None], 1, axis=2)
+            one_hot = window.argmax(axis=2)[..., None] == positions  # (N, C, ph pw)
             dx[:, :, rows, cols] += (one_hot * dout[:, :, i, j][..., None]).reshape(N, C, ph, pw)
     return dx
 
@@ -462,7 +478,7 @@ def avg_pool_forward_naive(x, pool_param):
     """Average pooling, one output position at a time; pool_param as for max pooling."""
     x, (ph, pw, stride, H_out, W_out) = check_pool_input(x, pool_param)
     N, C = x.shape[:2]
-    out = np.empty((N, C, H_out, W_out), dtype=x.dtype)
+    out = get_array_module(x).empty((N, C, H_out, W_out), dtype=x.dtype)
     for i in range(H_out):
         for j in range(W_out):
             out[:, :, i, j] = x[
@@ -477,7 +493,7 @@ def avg_pool_backward_naive(dout, cache):
     ph, pw, stride = pool_param["pool_height"], pool_param["pool_width"], pool_param["stride"]
     H_out, W_out = pool_output_size(x_shape[2], x_shape[3], ph, pw, stride)
     dout = check_dout(dout, (*x_shape[:2], H_out, W_out))
-    dx = np.zeros(x_shape, dtype=dtype)
+    dx = get_array_module(dout).zeros(x_shape, dtype=dtype)
     for i in range(H_out):
         for j in range(W_out):
             share = dout[:, :, i, j][:, :, None, None] / (ph * pw)
@@ -495,4 +511,5 @@ def global_avg_pool_backward(dout, cache):
     """dout: (N, C). Returns dx (N, C, H, W)."""
     N, C, H, W = cache
     dout = check_dout(dout, (N, C))
-    return np.broadcast_to((dout / (H * W))[:, :, None, None], (N, C, H, W)).copy()
+    xp = get_array_module(dout)
+    return xp.broadcast_to((dout / (H * W))[:, :, None, None], (N, C, H, W)).copy()

@@ -2,10 +2,11 @@
 
 Each rule is ``rule(w, dw, config=None) -> (next_w, config)``: missing config keys are filled
 with their defaults, and the returned config carries the rule's state (velocity, moments,
-step count) into the next call. State arrays take w's dtype, so float32 stays float32.
+step count) into the next call. State arrays take w's dtype and device, so float32 stays
+float32 and a GPU parameter keeps its state on the GPU.
 """
 
-import numpy as np
+from convlab.backend import get_array_module
 
 
 def _prepare(w, dw, config, **defaults):
@@ -19,7 +20,7 @@ def _prepare(w, dw, config, **defaults):
 
 def _state(config, key, w):
     if config.get(key) is None:
-        config[key] = np.zeros_like(w)
+        config[key] = get_array_module(w).zeros_like(w)
     return config[key]
 
 
@@ -63,7 +64,8 @@ def adagrad(w, dw, config=None):
     config = _prepare(w, dw, config, learning_rate=1e-2, epsilon=1e-8)
     cache = _state(config, "cache", w) + dw**2
     config["cache"] = cache
-    return w - config["learning_rate"] * dw / (np.sqrt(cache) + config["epsilon"]), config
+    sqrt = get_array_module(w).sqrt
+    return w - config["learning_rate"] * dw / (sqrt(cache) + config["epsilon"]), config
 
 
 def rmsprop(w, dw, config=None):
@@ -77,7 +79,8 @@ def rmsprop(w, dw, config=None):
     decay = config["decay_rate"]
     cache = decay * _state(config, "cache", w) + (1 - decay) * dw**2
     config["cache"] = cache
-    return w - config["learning_rate"] * dw / (np.sqrt(cache) + config["epsilon"]), config
+    sqrt = get_array_module(w).sqrt
+    return w - config["learning_rate"] * dw / (sqrt(cache) + config["epsilon"]), config
 
 
 def adam(w, dw, config=None):
@@ -97,7 +100,8 @@ def adam(w, dw, config=None):
     config["m"], config["v"] = m, v
     m_hat = m / (1 - b1**t)
     v_hat = v / (1 - b2**t)
-    return w - config["learning_rate"] * m_hat / (np.sqrt(v_hat) + config["epsilon"]), config
+    sqrt = get_array_module(w).sqrt
+    return w - config["learning_rate"] * m_hat / (sqrt(v_hat) + config["epsilon"]), config
 
 
 UPDATE_RULES = {

@@ -21,6 +21,7 @@ import numpy as np
 
 from convlab import optim
 from convlab._checks import check_count
+from convlab.backend import check_device
 from convlab.callbacks import Checkpoint, Curves, MetricsCSV
 from convlab.classifiers import ConvNet, FullyConnectedNet, ThreeLayerConvNet
 from convlab.classifiers.convnet_grammar import expand_spec
@@ -292,7 +293,7 @@ class RunDir:
 
 
 def run(config, out="runs/latest", resume=False, force=False, verbose=1, callbacks=(),
-        dataset=None):
+        dataset=None, device=None):
     """Train the run ``config`` describes, writing its directory ``out``.
 
     A new run refuses a directory that holds an earlier run unless ``force=True`` (which
@@ -302,7 +303,10 @@ def run(config, out="runs/latest", resume=False, force=False, verbose=1, callbac
     the learning-rate schedule then spans the new length). While it runs, ``out`` is locked
     against other processes. ``callbacks`` are extra Solver callbacks (e.g. to report each
     epoch to a tuner). ``dataset``: what ``load_config_dataset(config)`` returns, when the
-    caller already has it (a tuning worker loads it once for all its trials).
+    caller already has it (a tuning worker loads it once for all its trials). ``device``:
+    'cpu', 'cuda' or 'cuda:K' to train on (None: the CPU); where a run trains is not part
+    of its configuration, so a run started on a GPU may be resumed on a CPU and back, and
+    its files are the same either way.
 
     Returns a dict: ``best_val_acc``, ``test_acc`` (None without a test split),
     ``epochs`` (completed), ``elapsed_s``, ``history`` (loss_history, train_acc_history,
@@ -312,6 +316,7 @@ def run(config, out="runs/latest", resume=False, force=False, verbose=1, callbac
     Ctrl-C (the Solver's StopNow) or one while loading data stops without saving.
     """
     run_dir = RunDir(out)
+    device = check_device("cpu" if device is None else device)  # before any data loads
     if config is not None and not isinstance(config, RunConfig):
         raise TypeError(f"config must be a RunConfig, got {type(config).__name__}")
     if not resume and config is None:
@@ -325,7 +330,7 @@ def run(config, out="runs/latest", resume=False, force=False, verbose=1, callbac
         if not resume:
             run_dir.start_fresh(force)
         run_dir.write_config(config)
-        return _train(config, run_dir, resume, verbose, callbacks, dataset)
+        return _train(config, run_dir, resume, verbose, callbacks, dataset, device)
 
 
 def load_config_dataset(config, progress=False):
@@ -353,7 +358,7 @@ def _resumed_config(run_dir, requested):
     return requested
 
 
-def _train(config, run_dir, resume, verbose, callbacks, dataset):
+def _train(config, run_dir, resume, verbose, callbacks, dataset, device):
     say = print if verbose else (lambda *args: None)
 
     data = dataset if dataset is not None else load_config_dataset(config, bool(verbose))
@@ -388,6 +393,7 @@ def _train(config, run_dir, resume, verbose, callbacks, dataset):
         else None,
         callbacks=[metrics, Checkpoint(run_dir.checkpoint_npz), Curves(run_dir.curves_png),
                    *callbacks],
+        device=device,
     )
     if resume:
         solver.load(run_dir.checkpoint_npz)

@@ -13,6 +13,8 @@ import zipfile
 
 import numpy as np
 
+from convlab.backend import asnumpy
+
 META_KEY = "__meta__"
 TMP_PREFIX = ".tmp-"  # temporary files of atomic_savez, beside their target
 
@@ -59,11 +61,13 @@ def _check_npz_sizes(path):
 
 
 def atomic_savez(path, arrays, meta):
-    """Write ``arrays`` (dict name -> array) and the JSON-serialisable ``meta`` to ``path``."""
+    """Write ``arrays`` (dict name -> array, on any device: GPU arrays are copied to the
+    host, so files are the same whatever trained them) and the JSON-serialisable ``meta``
+    to ``path``."""
     path = os.fspath(path)
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
-    payload = dict(arrays)
+    payload = asnumpy(dict(arrays))
     payload[META_KEY] = np.array(json.dumps(meta))
     fd, tmp_path = tempfile.mkstemp(dir=directory, prefix=TMP_PREFIX, suffix=".npz")
     try:

@@ -12,6 +12,7 @@ import numpy as np
 from convlab import optim
 from convlab._checks import check_labels
 from convlab._course_random import CourseRandom
+from convlab.backend import asnumpy, is_host, to_device
 from convlab.callbacks import Checkpoint, LambdaCallback, ProgressBar
 from convlab.interrupts import GracefulInterrupt, StopNow
 from convlab.layers import softmax_loss
@@ -25,7 +26,7 @@ _DEFAULTS = dict(
     num_train_samples=1000, num_val_samples=None, checkpoint_name=None, print_every=10,
     verbose=True, seed=None, shuffle=False, lr_schedule=None, lr_step_epochs=None,
     lr_step_gamma=0.1, lr_warmup_frac=0.3, weight_decay=0.0, augment=None, progress=None,
-    on_epoch_end=None, callbacks=(),
+    on_epoch_end=None, callbacks=(), device=None,
 )
 
 
@@ -74,6 +75,11 @@ class Solver:
     - ``callbacks`` [()]: objects with on_train_begin / on_step_end / on_epoch_end /
       on_train_end methods (see convlab.callbacks); ``on_epoch_end`` [None] is shorthand
       for one callable ``f(solver)`` run after every epoch.
+    - ``device`` [None]: 'cpu', 'cuda' or 'cuda:K': the model is moved there
+      (``model.to(device)``) and trains there, each minibatch copied over once per step
+      (augmentation runs on the host before); None trains the model where it is. Metrics,
+      the best parameters and checkpoints live on the host, in the same format whatever
+      the device.
 
     While it trains, the Solver lends its generator to the model's dropout layers
     (``model.use_dropout_rng``), so masks are fresh every step and reproducible from
@@ -122,6 +128,11 @@ class Solver:
             setattr(self, key, kwargs.get(key, default))
         self.optim_config = dict(self.optim_config or {})
 
+        if self.device is not None:
+            if not callable(getattr(model, "to", None)):
+                raise ValueError("device= needs a model with a to(device) method, as every "
+                                 "convlab classifier has")
+            model.to(self.device)
         self.update_rule = optim.get_update_rule(self.update_rule)
         if int(self.batch_size) < 1 or int(self.num_epochs) < 0:
             raise ValueError("batch_size must be >= 1 and num_epochs >= 0")
@@ -219,12 +230,12 @@ class Solver:
     def state_dict(self):
         """The complete training state as ``(arrays, meta)``: a dict of arrays and a
         JSON-serialisable dict of everything else."""
-        arrays = {f"model.{k}": v for k, v in self._model_state().items()}
+        arrays = {f"model.{k}": v for k, v in asnumpy(self._model_state()).items()}
         arrays.update({f"best.{k}": v for k, v in self._best_state.items()})
         optim_scalars = {}
         for name, config in self.optim_configs.items():
             optim_scalars[name] = {}
-            for key, value in config.items():
+            for key, value in asnumpy(config).items():
                 if isinstance(value, np.ndarray):
                     arrays[f"optim.{name}.{key}"] = value
                 else:
@@ -270,9 +281,10 @@ class Solver:
         self._best_state = with_prefix("best.")
         self.best_params = {k: v for k, v in self._best_state.items() if k in self.model.params}
         self.optim_configs = {}
+        device = getattr(self.model, "device", "cpu")  # optimizer state lives with the model
         for name, scalars in meta["optim_scalars"].items():
             config = dict(scalars)
-            config.update(with_prefix(f"optim.{name}."))
+            config.update(to_device(with_prefix(f"optim.{name}."), device))
             self.optim_configs[name] = config
         self._epoch_order = arrays.get("epoch_order")
         self.epoch = meta["epoch"]
@@ -362,7 +374,7 @@ class Solver:
 
             starts = tqdm(starts, desc=desc, unit="batch", leave=False, disable=None)
         for i in starts:
-            scores = self.model.loss(X[i : i + batch_size])
+            scores = asnumpy(self.model.loss(X[i : i + batch_size]))
             y_batch = y[i : i + batch_size]
             correct += int(np.sum(np.argmax(scores, axis=1) == y_batch))
             total_loss += softmax_loss(scores, y_batch)[0] * len(y_batch)
@@ -394,7 +406,9 @@ class Solver:
             self.print(line)
         if val_acc > self.best_val_acc or not self._best_state:
             self.best_val_acc = max(val_acc, self.best_val_acc)
-            self._best_state = {k: v.copy() for k, v in self._model_state().items()}
+            # Host copies: a model on a GPU keeps only its current parameters there.
+            self._best_state = {k: v.copy() if is_host(v) else asnumpy(v)
+                                for k, v in self._model_state().items()}
             self.best_params = {k: v for k, v in self._best_state.items() if k in self.model.params}
 
     def _run_check(self):

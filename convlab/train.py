@@ -57,6 +57,10 @@ def build_parser():
                                "loss lines; 2: one line per epoch")
     run_opts.add_argument("--quiet", action="store_const", const=0, dest="verbose",
                           help="the same as --verbose 0")
+    run_opts.add_argument("--device", default="cpu",
+                          help="where to train: cpu, cuda (the current GPU) or cuda:K; a GPU "
+                               "needs pip install 'convlab[gpu]'. Not part of the run's "
+                               "configuration: a run may be resumed on another device")
     run_opts.add_argument("--tensorboard", metavar="LOGDIR", default=None,
                           help="also write TensorBoard logs (losses, accuracies, learning rate, "
                                "weight and gradient histograms) to LOGDIR; needs "
@@ -163,7 +167,7 @@ def main(argv=None):
             config = config_from_args(args)
         callbacks = [] if args.tensorboard is None else [TensorBoard(args.tensorboard)]
         results = run(config, out=args.out, resume=args.resume, force=args.force,
-                      verbose=args.verbose, callbacks=callbacks)
+                      verbose=args.verbose, callbacks=callbacks, device=args.device)
     except TrainingInterrupted as stop:
         print(f"\nInterrupted at epoch {stop.epoch}; state saved to {stop.checkpoint}."
               f"\nContinue with: convlab-train --out {args.out} --resume", file=sys.stderr)

@@ -144,3 +144,33 @@ def assert_check_catches_wrong_gradients(model, X, y):
     for wrong, probed in ((scaled, largest), (nudged, largest[-1:])):
         errors = model_gradient_errors(model, X, y, wrong, entries={name: probed})
         assert errors[name] >= 1, f"a wrong gradient of {name} passed the check"
+
+
+# ----------------------------------------------------------------------------- devices
+
+
+def _cupy_sees_a_gpu():
+    try:
+        import cupy
+
+        return cupy.cuda.runtime.getDeviceCount() > 0
+    except Exception:  # no CuPy, no driver, no device
+        return False
+
+
+HAVE_GPU = _cupy_sees_a_gpu()
+
+
+@pytest.fixture(params=[
+    "strict",
+    pytest.param("cupy", marks=pytest.mark.skipif(
+        not HAVE_GPU, reason="no CuPy with a usable NVIDIA GPU (pip install 'convlab[gpu]')")),
+])
+def gpu(request, monkeypatch):
+    """The device name 'cuda' on each GPU backend at hand: 'strict' (the stand-in of
+    tests/strict_device.py, always) and 'cupy' (a real GPU, when there is one)."""
+    if request.param == "strict":
+        from strict_device import install
+
+        install(monkeypatch)
+    return "cuda"

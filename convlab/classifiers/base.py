@@ -6,6 +6,7 @@ its state (parameters plus batchnorm running statistics) as a flat dict of array
 import numpy as np
 
 from convlab._checks import check_labels
+from convlab.backend import check_device, device_of, is_host, to_device
 
 # He initialisation of the scores layer, scaled down: the initial scores are then close to 0,
 # so the loss starts at ln(num_classes) with no early spike.
@@ -35,6 +36,30 @@ class Classifier:
 
     bn_params = ()
     dropout_params = ()
+    # Whether every layer of the model runs on a GPU (the layers are written against xp);
+    # a subclass whose layers are NumPy-only sets it False and stays on the CPU.
+    runs_on_gpu = True
+
+    @property
+    def device(self):
+        """Where the parameters live: 'cpu' or 'cuda:K' (see :meth:`to`)."""
+        return device_of(next(iter(self.params.values()), None))
+
+    def to(self, device):
+        """Move the parameters and batchnorm running statistics to ``device`` ('cpu',
+        'cuda' or 'cuda:K') and return the model: ``model = ConvNet("reference").to("cuda")``.
+        Batches given to ``loss`` are then copied there too, and its outputs stay there
+        (convlab.backend.asnumpy brings them back). Saved files are the same whatever the
+        device, so a model trained on a GPU loads on a CPU."""
+        device = check_device(device)
+        if device != "cpu" and not self.runs_on_gpu:
+            raise ValueError(f"{type(self).__name__} runs on the CPU only, not on {device}")
+        self.params = to_device(self.params, device)
+        for bn_param in self.bn_params:
+            for key in ("running_mean", "running_var"):
+                if bn_param.get(key) is not None:
+                    bn_param[key] = to_device(bn_param[key], device)
+        return self
 
     def save(self, fname):
         """Write this model to ``fname`` (.npz: constructor arguments, parameters, batchnorm
@@ -106,16 +131,18 @@ class Classifier:
                 raise ValueError(
                     f"parameter {name!r} has shape {value.shape}, state has {state[name].shape}"
                 )
-            self.params[name] = np.array(state[name], dtype=value.dtype)
+            # The copy lands where the parameter lives, whatever device state came from.
+            self.params[name] = to_device(state[name], self.device).astype(value.dtype)
         for i, bn_param in enumerate(self.bn_params):
             for key in ("running_mean", "running_var"):
                 name = f"bn_params.{i}.{key}"
                 if name in state:
-                    bn_param[key] = np.array(state[name], dtype=self.dtype)
+                    bn_param[key] = to_device(state[name], self.device).astype(self.dtype)
 
     def _check_batch(self, X, y):
-        """Cast X to the model's dtype and validate y; X must match the input shape."""
-        X = np.asarray(X)
+        """X cast to the model's dtype and y validated, both copied to the model's device
+        when they are elsewhere; X must match the input shape. Returns (X, y)."""
+        X = np.asarray(X) if is_host(X) else X
         features = X.shape[1:]
         # Fully connected models take any (N, d1, ..., dk) whose features flatten to D.
         flat_ok = len(self.input_shape) == 1 and int(np.prod(features)) == self.input_shape[0]
@@ -123,15 +150,16 @@ class Classifier:
             raise ValueError(
                 f"X must have shape (N, {', '.join(map(str, self.input_shape))}), got {X.shape}"
             )
+        device = self.device
         if y is not None:
-            check_labels(y, X.shape[0], self.num_classes)
-        return X.astype(self.dtype, copy=False)
+            y = to_device(check_labels(y, X.shape[0], self.num_classes), device)
+        return to_device(X, device).astype(self.dtype, copy=False), y
 
     def _l2(self, weight_names, grads):
         """Adds 0.5 * reg * sum(W**2) to the loss and reg * W to each weight's gradient."""
         penalty = 0.0
         for name in weight_names:
             W = self.params[name]
-            penalty += 0.5 * self.reg * float(np.sum(W * W))
+            penalty += 0.5 * self.reg * float((W * W).sum())
             grads[name] += self.reg * W
         return penalty

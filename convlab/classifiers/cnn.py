@@ -82,7 +82,7 @@ class ThreeLayerConvNet(Classifier):
 
     def loss(self, X, y=None):
         """X: (N, C, H, W). Returns scores (N, num_classes) when y is None, else (loss, grads)."""
-        X = self._check_batch(X, y)
+        X, y = self._check_batch(X, y)
         p = self.params
         pooled, pool_cache = conv_relu_pool_forward(
             X, p["W1"], p["b1"], self.conv_param, self.pool_param

@@ -161,7 +161,7 @@ class ConvNet(Classifier):
     def loss(self, X, y=None):
         """X: (N, C, H, W). Returns scores (N, num_classes) when y is None, else (loss, grads)
         with grads keyed like params."""
-        X = self._check_batch(X, y)
+        X, y = self._check_batch(X, y)
         self._set_mode(y)
 
         scores, caches = run_forward(self.layers, X, self.params, self.layer_times)

@@ -75,7 +75,7 @@ class TwoLayerNet(Classifier):
 
     def loss(self, X, y=None):
         """X: (N, d1, ..., dk). Returns scores (N, C) when y is None, else (loss, grads)."""
-        X = self._check_batch(X, y)
+        X, y = self._check_batch(X, y)
         p = self.params
         hidden, hidden_cache = affine_relu_forward(X, p["W1"], p["b1"])
         scores, scores_cache = affine_forward(hidden, p["W2"], p["b2"])
@@ -188,7 +188,7 @@ class FullyConnectedNet(Classifier):
 
     def loss(self, X, y=None):
         """X: (N, d1, ..., dk). Returns scores (N, C) when y is None, else (loss, grads)."""
-        X = self._check_batch(X, y)
+        X, y = self._check_batch(X, y)
         self._set_mode(y)
 
         p = self.params

@@ -44,6 +44,8 @@ class CaptioningRNN(Classifier):
     with g = 1 (rnn) or 4 (lstm), W_vocab (H, V), b_vocab (V,).
     """
 
+    runs_on_gpu = False  # convlab.rnn_layers are NumPy code
+
     def __init__(self, word_to_idx, input_dim=512, wordvec_dim=128, hidden_dim=128,
                  cell_type="rnn", dtype=np.float32, seed=None):
         if cell_type not in _GATES:
