@@ -17,6 +17,7 @@ Column layouts (rows (c * fh + i) * fw + j in both):
 from cython cimport floating
 from cython.parallel cimport prange
 from libc.math cimport sqrt
+from libc.stdlib cimport free, malloc
 from libc.string cimport memcpy, memset
 
 cdef extern from *:
@@ -556,3 +557,281 @@ def batchnorm_train_backward(const floating[:, :, ::1] dout, const floating[:, :
         for c in prange(C, schedule="static", num_threads=_num_threads):
             _batchnorm_channel_backward(dout, xhat, mask, c, gamma[c], inv_std[c], relu, dx,
                                         &dgamma[c], &dbeta[c])
+
+
+# ============================================================= Winograd F(2x2, 3x3) kernels
+#
+# A 3x3 stride-1 convolution computed on 2x2 output tiles (Lavin & Gray, 2016):
+#     Y = A^T [ (G g G^T) . (B^T d B) ] A
+# for the 4x4 input tile d under each 2x2 output tile and the 3x3 filter g. The 16
+# elementwise products, summed over input channels, are 16 GEMMs (F, C) @ (C, T) over the
+# T tiles of a chunk of samples: 16 multiplies per 4 outputs instead of 36. The layouts:
+#     V[k, c, t] = (B^T d B)[k // 4, k % 4] of channel c's tile t   (16, C, T)
+#     M[k, f, t] = the GEMM products, before the output transform   (16, F, T)
+# with tile t = (n * th + ty) * tw + tx of sample n (counted from the chunk's first), whose
+# outputs are rows 2 ty, 2 ty + 1 and columns 2 tx, 2 tx + 1, and whose input tile starts at
+# row 2 ty - pad, column 2 tx - pad. The backward kernels apply the transposed transforms:
+# dM = A dY A^T and dd = B dV B^T.
+#
+#     B^T = [1  0 -1  0]    A^T = [1  1  1  0]
+#           [0  1  1  0]          [0  1 -1 -1]
+#           [0 -1  1  0]
+#           [0  1  0 -1]
+
+
+cdef inline void _load_tile(const floating* plane, Py_ssize_t H, Py_ssize_t W, Py_ssize_t y0,
+                            Py_ssize_t x0, floating* d) noexcept nogil:
+    """d[4 i + j] = plane[y0 + i, x0 + j], zero outside the plane."""
+    cdef Py_ssize_t i, j, y, x
+    if y0 >= 0 and x0 >= 0 and y0 + 4 <= H and x0 + 4 <= W:
+        for i in range(4):
+            for j in range(4):
+                d[4 * i + j] = plane[(y0 + i) * W + x0 + j]
+        return
+    for i in range(4):
+        y = y0 + i
+        for j in range(4):
+            x = x0 + j
+            d[4 * i + j] = plane[y * W + x] if 0 <= y < H and 0 <= x < W else 0
+
+
+# The per-plane loops: each is called by one parallel task and keeps its 4x4 tiles in local
+# arrays of its own (a C array declared in a prange's function would be shared by threads).
+# ``k_stride`` is the distance between V's (or M's) 16 planes k, V.strides[0] in elements
+# (the Python side may pad it); within a plane k the (C, tiles) matrix must be C-contiguous.
+# The pointer is at tile 0 of the (channel or filter, sample) the task owns.
+
+
+cdef void _input_tiles(const floating* plane, Py_ssize_t H, Py_ssize_t W, int pad,
+                       Py_ssize_t th, Py_ssize_t tw, floating* v,
+                       Py_ssize_t k_stride) noexcept nogil:
+    # A row of tiles at a time: the four input rows under it, zero-padded to the tiles'
+    # width L = 2 tw + 2, get B^T along the rows first (r_i = rows combined, contiguous
+    # runs), then B along the columns, writing each of the 16 planes as a contiguous run.
+    cdef Py_ssize_t L = 2 * tw + 2
+    cdef floating* rows = <floating*> malloc(8 * L * sizeof(floating))
+    cdef floating* r = rows + 4 * L
+    cdef floating* out
+    cdef Py_ssize_t ty, tx, i, y, x, x_lo, x_hi
+    x_lo = min(max(pad, 0), L)           # row-buffer columns that hold input columns
+    x_hi = max(min(W + pad, L), x_lo)
+    for ty in range(th):
+        for i in range(4):
+            y = 2 * ty - pad + i
+            if 0 <= y < H:
+                memset(rows + i * L, 0, x_lo * sizeof(floating))
+                memcpy(rows + i * L + x_lo, plane + y * W + x_lo - pad,
+                       (x_hi - x_lo) * sizeof(floating))
+                memset(rows + i * L + x_hi, 0, (L - x_hi) * sizeof(floating))
+            else:
+                memset(rows + i * L, 0, L * sizeof(floating))
+        for x in range(L):  # r = B^T d over the whole row of tiles
+            r[x] = rows[x] - rows[2 * L + x]
+            r[L + x] = rows[L + x] + rows[2 * L + x]
+            r[2 * L + x] = rows[2 * L + x] - rows[L + x]
+            r[3 * L + x] = rows[L + x] - rows[3 * L + x]
+        for i in range(4):  # v = r B, tile by tile along the row
+            out = v + ty * tw
+            for tx in range(tw):
+                out[(4 * i) * k_stride + tx] = r[i * L + 2 * tx] - r[i * L + 2 * tx + 2]
+                out[(4 * i + 1) * k_stride + tx] = r[i * L + 2 * tx + 1] + r[i * L + 2 * tx + 2]
+                out[(4 * i + 2) * k_stride + tx] = r[i * L + 2 * tx + 2] - r[i * L + 2 * tx + 1]
+                out[(4 * i + 3) * k_stride + tx] = r[i * L + 2 * tx + 1] - r[i * L + 2 * tx + 3]
+    free(rows)
+
+
+cdef void _output_tiles(const floating* m, Py_ssize_t k_stride, floating bias, floating* plane,
+                        Py_ssize_t Ho, Py_ssize_t Wo, Py_ssize_t th,
+                        Py_ssize_t tw) noexcept nogil:
+    # A row of tiles at a time into two output rows of the tiles' width 2 tw, then copied
+    # to the plane without what lies past its edge (odd H' or W').
+    cdef floating* rows = <floating*> malloc(4 * tw * sizeof(floating))
+    cdef floating* row1 = rows + 2 * tw
+    cdef const floating* mt
+    cdef floating s0, s1, s2, s3, q0, q1, q2, q3
+    cdef Py_ssize_t ty, tx, i
+    for ty in range(th):
+        mt = m + ty * tw
+        for tx in range(tw):
+            # s = A^T m: the sums of m's rows 0 + 1 + 2 (s*) and 1 - 2 - 3 (q*), per column
+            s0 = mt[tx] + mt[4 * k_stride + tx] + mt[8 * k_stride + tx]
+            s1 = mt[k_stride + tx] + mt[5 * k_stride + tx] + mt[9 * k_stride + tx]
+            s2 = mt[2 * k_stride + tx] + mt[6 * k_stride + tx] + mt[10 * k_stride + tx]
+            s3 = mt[3 * k_stride + tx] + mt[7 * k_stride + tx] + mt[11 * k_stride + tx]
+            q0 = mt[4 * k_stride + tx] - mt[8 * k_stride + tx] - mt[12 * k_stride + tx]
+            q1 = mt[5 * k_stride + tx] - mt[9 * k_stride + tx] - mt[13 * k_stride + tx]
+            q2 = mt[6 * k_stride + tx] - mt[10 * k_stride + tx] - mt[14 * k_stride + tx]
+            q3 = mt[7 * k_stride + tx] - mt[11 * k_stride + tx] - mt[15 * k_stride + tx]
+            rows[2 * tx] = s0 + s1 + s2 + bias  # y = s A
+            rows[2 * tx + 1] = s1 - s2 - s3 + bias
+            row1[2 * tx] = q0 + q1 + q2 + bias
+            row1[2 * tx + 1] = q1 - q2 - q3 + bias
+        for i in range(2):
+            if 2 * ty + i < Ho:
+                memcpy(plane + (2 * ty + i) * Wo, rows + i * 2 * tw, Wo * sizeof(floating))
+    free(rows)
+
+
+cdef double _output_grad_tiles(const floating* plane, Py_ssize_t Ho, Py_ssize_t Wo,
+                               Py_ssize_t th, Py_ssize_t tw, floating* dm,
+                               Py_ssize_t k_stride) noexcept nogil:
+    """dm = A dy A^T of every tile; returns the sum of the plane."""
+    # Two rows of dout at a time, zero-padded to the tiles' width 2 tw.
+    cdef floating* rows = <floating*> malloc(4 * tw * sizeof(floating))
+    cdef floating* row1 = rows + 2 * tw
+    cdef floating* out
+    cdef floating a0, a1, b0, b1, r0, r1, p0, p1
+    cdef double total = 0
+    cdef Py_ssize_t ty, tx, i, x
+    for ty in range(th):
+        for i in range(2):
+            memset(rows + i * 2 * tw, 0, 2 * tw * sizeof(floating))
+            if 2 * ty + i < Ho:
+                memcpy(rows + i * 2 * tw, plane + (2 * ty + i) * Wo, Wo * sizeof(floating))
+        for x in range(2 * tw):
+            total += rows[x] + row1[x]
+        out = dm + ty * tw
+        for tx in range(tw):
+            a0 = rows[2 * tx]  # dy = [[a0, a1], [b0, b1]]
+            a1 = rows[2 * tx + 1]
+            b0 = row1[2 * tx]
+            b1 = row1[2 * tx + 1]
+            # r = A dy: rows a, a + b, a - b, -b; then dm = r A^T: columns c0, c0 + c1,
+            # c0 - c1, -c1 of each row (c0, c1).
+            r0 = a0 + b0
+            r1 = a1 + b1
+            p0 = a0 - b0
+            p1 = a1 - b1
+            out[tx] = a0
+            out[k_stride + tx] = a0 + a1
+            out[2 * k_stride + tx] = a0 - a1
+            out[3 * k_stride + tx] = -a1
+            out[4 * k_stride + tx] = r0
+            out[5 * k_stride + tx] = r0 + r1
+            out[6 * k_stride + tx] = r0 - r1
+            out[7 * k_stride + tx] = -r1
+            out[8 * k_stride + tx] = p0
+            out[9 * k_stride + tx] = p0 + p1
+            out[10 * k_stride + tx] = p0 - p1
+            out[11 * k_stride + tx] = -p1
+            out[12 * k_stride + tx] = -b0
+            out[13 * k_stride + tx] = -b0 - b1
+            out[14 * k_stride + tx] = b1 - b0
+            out[15 * k_stride + tx] = b1
+    free(rows)
+    return total
+
+
+cdef void _input_grad_tiles(const floating* v, Py_ssize_t k_stride, floating* plane,
+                            Py_ssize_t H, Py_ssize_t W, int pad, Py_ssize_t th,
+                            Py_ssize_t tw) noexcept nogil:
+    """plane = the sum over tiles of B v B^T at each tile's input position."""
+    # A row of tiles at a time: u_i = v's rows times B^T, summed into four rows of the
+    # tiles' width L = 2 tw + 2 (neighbouring tiles overlap by two columns), then B along
+    # the rows gives the four input rows, added to the plane where they lie inside it.
+    cdef Py_ssize_t L = 2 * tw + 2
+    cdef floating* u = <floating*> malloc(4 * L * sizeof(floating))
+    cdef const floating* vt
+    cdef const floating* vi
+    cdef floating w0, w1, w2, w3, d
+    cdef Py_ssize_t ty, tx, i, a, y, x, x_lo, x_hi
+    x_lo = min(max(pad, 0), L)
+    x_hi = max(min(W + pad, L), x_lo)
+    memset(plane, 0, H * W * sizeof(floating))
+    for ty in range(th):
+        memset(u, 0, 4 * L * sizeof(floating))
+        vt = v + ty * tw
+        for i in range(4):
+            vi = vt + 4 * i * k_stride
+            for tx in range(tw):
+                w0 = vi[tx]  # (v B^T)[i] = v0, v1 - v2 + v3, v1 + v2 - v0, -v3
+                w1 = vi[k_stride + tx] - vi[2 * k_stride + tx] + vi[3 * k_stride + tx]
+                w2 = vi[k_stride + tx] + vi[2 * k_stride + tx] - w0
+                w3 = -vi[3 * k_stride + tx]
+                u[i * L + 2 * tx] += w0
+                u[i * L + 2 * tx + 1] += w1
+                u[i * L + 2 * tx + 2] += w2
+                u[i * L + 2 * tx + 3] += w3
+        for a in range(4):  # input row 2 ty - pad + a = row a of B u
+            y = 2 * ty - pad + a
+            if not 0 <= y < H:
+                continue
+            for x in range(x_lo, x_hi):
+                if a == 0:
+                    d = u[x]
+                elif a == 1:
+                    d = u[L + x] - u[2 * L + x] + u[3 * L + x]
+                elif a == 2:
+                    d = u[L + x] + u[2 * L + x] - u[x]
+                else:
+                    d = -u[3 * L + x]
+                plane[y * W + x - pad] += d
+    free(u)
+
+
+def winograd_input_transform(const floating[:, :, :, ::1] x, floating[:, :, :] V,
+                             Py_ssize_t n0, int pad, Py_ssize_t th, Py_ssize_t tw):
+    """V (16, C, nc th tw) = B^T d B of every input tile of samples n0 .. n0 + nc."""
+    cdef Py_ssize_t C = x.shape[1], H = x.shape[2], W = x.shape[3]
+    cdef Py_ssize_t T = th * tw
+    cdef Py_ssize_t nc = V.shape[2] // T
+    cdef Py_ssize_t k_stride = V.strides[0] // sizeof(floating)
+    cdef Py_ssize_t task, n, c
+    with nogil:
+        for task in prange(nc * C, schedule="static", num_threads=_num_threads):
+            n = task // C
+            c = task % C
+            _input_tiles(&x[n0 + n, c, 0, 0], H, W, pad, th, tw, &V[0, c, n * T], k_stride)
+
+
+def winograd_output_transform(const floating[:, :, :] M, const floating[::1] bias,
+                              floating[:, :, :, ::1] out, Py_ssize_t n0, Py_ssize_t th,
+                              Py_ssize_t tw):
+    """out[n0 .. n0 + nc] = A^T m A + bias for every tile's 16 products m in M."""
+    cdef Py_ssize_t F = out.shape[1], Ho = out.shape[2], Wo = out.shape[3]
+    cdef Py_ssize_t T = th * tw
+    cdef Py_ssize_t nc = M.shape[2] // T
+    cdef Py_ssize_t k_stride = M.strides[0] // sizeof(floating)
+    cdef Py_ssize_t task, n, f
+    with nogil:
+        for task in prange(nc * F, schedule="static", num_threads=_num_threads):
+            n = task // F
+            f = task % F
+            _output_tiles(&M[0, f, n * T], k_stride, bias[f], &out[n0 + n, f, 0, 0], Ho, Wo,
+                          th, tw)
+
+
+def winograd_output_grad_transform(const floating[:, :, :, ::1] dout, floating[:, :, :] dM,
+                                   double[:, ::1] bias_grad, Py_ssize_t n0, Py_ssize_t th,
+                                   Py_ssize_t tw):
+    """dM (16, F, nc th tw) = A dy A^T of every 2x2 tile dy of dout[n0 .. n0 + nc] (zero
+    past the edge); bias_grad[n, f] = the sum of dout[n0 + n, f]."""
+    cdef Py_ssize_t F = dout.shape[1], Ho = dout.shape[2], Wo = dout.shape[3]
+    cdef Py_ssize_t T = th * tw
+    cdef Py_ssize_t nc = dM.shape[2] // T
+    cdef Py_ssize_t k_stride = dM.strides[0] // sizeof(floating)
+    cdef Py_ssize_t task, n, f
+    with nogil:
+        for task in prange(nc * F, schedule="static", num_threads=_num_threads):
+            n = task // F
+            f = task % F
+            bias_grad[n, f] = _output_grad_tiles(&dout[n0 + n, f, 0, 0], Ho, Wo, th, tw,
+                                                 &dM[0, f, n * T], k_stride)
+
+
+def winograd_input_grad_transform(const floating[:, :, :] dV, floating[:, :, :, ::1] dx,
+                                  Py_ssize_t n0, int pad, Py_ssize_t th, Py_ssize_t tw):
+    """dx[n0 .. n0 + nc] = the sum over tiles of B dv B^T placed at each tile's input
+    position (overwrites dx; values in the padding are dropped)."""
+    cdef Py_ssize_t C = dx.shape[1], H = dx.shape[2], W = dx.shape[3]
+    cdef Py_ssize_t T = th * tw
+    cdef Py_ssize_t nc = dV.shape[2] // T
+    cdef Py_ssize_t k_stride = dV.strides[0] // sizeof(floating)
+    cdef Py_ssize_t task, n, c
+    with nogil:
+        # Each task owns one (sample, channel) plane, so overlapping tiles need no atomics.
+        for task in prange(nc * C, schedule="static", num_threads=_num_threads):
+            n = task // C
+            c = task % C
+            _input_grad_tiles(&dV[0, c, n * T], k_stride, &dx[n0 + n, c, 0, 0], H, W, pad,
+                              th, tw)

@@ -221,6 +221,82 @@ def test_conv_fast_is_independent_of_chunking(rng, monkeypatch, chunk_bytes):
         np.testing.assert_allclose(grad, expected_grad, rtol=1e-10, atol=1e-10)
 
 
+# ------------------------------------------------------------- Winograd convolution
+
+
+@st.composite
+def winograd_geometries(draw):
+    """(N, C, H, W, F, 3, 3, 1, pad) that conv_forward_fast computes by Winograd: 3x3,
+    stride 1, at least _WINOGRAD_MIN_CHANNELS input channels; odd and even sizes, outputs
+    down to 1x1, every padding the filter allows."""
+    pad = draw(st.integers(0, 2))
+    H = draw(st.integers(max(1, 3 - 2 * pad), 9))
+    W = draw(st.integers(max(1, 3 - 2 * pad), 9))
+    C = fl._WINOGRAD_MIN_CHANNELS + draw(st.integers(0, 3))
+    return draw(st.integers(1, 3)), C, H, W, draw(st.integers(1, 5)), 3, 3, 1, pad
+
+
+def _check_against_naive(x, w, b, conv_param, dtype, need_dx=True, tol=None):
+    expected, naive_cache = conv_forward_naive(x, w, b, conv_param)
+    dout = np.random.default_rng(1).standard_normal(expected.shape)
+    expected_grads = conv_backward_naive(dout, naive_cache)
+    cast = lambda a: None if a is None else a.astype(dtype)
+    out, cache = fl.conv_forward_fast(cast(x), cast(w), cast(b), conv_param)
+    grads = fl.conv_backward_fast(cast(dout), cache, need_dx=need_dx)
+    tol = tol or (1e-5 if dtype == np.float32 else 1e-10)
+    assert out.dtype == dtype and relative_to(expected, out) < tol
+    for grad, expected_grad in zip(grads, expected_grads, strict=True):
+        if expected_grad is None or (grad is None and not need_dx):
+            assert grad is None
+            continue
+        assert grad.dtype == dtype and relative_to(expected_grad, grad) < tol
+
+
+@HYPOTHESIS
+@given(geometry=winograd_geometries(), seed=st.integers(0, 2**16))
+def test_winograd_conv_matches_naive(geometry, seed):
+    x, w, b, conv_param = conv_inputs(np.random.default_rng(seed), geometry)
+    assert fl._uses_winograd(w, conv_param["stride"])
+    _check_against_naive(x, w, b, conv_param, np.float64)
+
+
+@pytest.mark.parametrize("geometry", [
+    (64, 32, 32, 32, 32, 3, 3, 1, 1),  # the reference net's second layer, a whole batch
+    (5, 16, 7, 9, 6, 3, 3, 1, 1),      # odd sizes: the last row and column of tiles half out
+    (3, 24, 4, 4, 8, 3, 3, 1, 0),      # no padding
+    (2, 16, 2, 3, 4, 3, 3, 1, 2),      # more padding than input
+])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("bias, need_dx", [(True, True), (False, True), (True, False)])
+def test_winograd_conv_matches_naive_on_given_shapes(rng, geometry, dtype, bias, need_dx):
+    x, w, b, conv_param = conv_inputs(rng, geometry)
+    assert fl._uses_winograd(w, 1)
+    _check_against_naive(x, w, b if bias else None, conv_param, dtype, need_dx)
+
+
+@pytest.mark.parametrize("chunk_bytes", [1, 50_000, 1 << 30])
+def test_winograd_conv_is_independent_of_chunking(rng, monkeypatch, chunk_bytes):
+    monkeypatch.setattr(fl, "_WINOGRAD_CHUNK_BYTES", chunk_bytes)
+    x, w, b, conv_param = conv_inputs(rng, (7, 16, 6, 5, 4, 3, 3, 1, 1))
+    _check_against_naive(x, w, b, conv_param, np.float64)
+
+
+def test_winograd_conv_gradients_numerically(rng):
+    x, w, b, conv_param = conv_inputs(rng, (2, 16, 5, 4, 3, 3, 3, 1, 1))
+    assert fl._uses_winograd(w, 1)
+    # 1e-6: the centred differences' round-off over 16-channel sums, relative to the
+    # smallest entries of dx, reaches 1e-6; a wrong transform is off by O(1).
+    check_layer_gradients(lambda x_, w_, b_: fl.conv_forward_fast(x_, w_, b_, conv_param),
+                          fl.conv_backward_fast, (x, w, b), rng, tol=1e-6)
+
+
+def test_convolutions_below_the_channel_threshold_stay_on_im2col(rng):
+    w = rng.standard_normal((4, fl._WINOGRAD_MIN_CHANNELS - 1, 3, 3))
+    assert not fl._uses_winograd(w, 1)
+    assert not fl._uses_winograd(rng.standard_normal((4, 32, 3, 3)), 2)
+    assert not fl._uses_winograd(rng.standard_normal((4, 32, 5, 5)), 1)
+
+
 @pytest.mark.parametrize("forward, backward", CONV_VARIANTS)
 def test_conv_gradients_numerically(rng, forward, backward):
     x, w, b, conv_param = conv_inputs(rng, (2, 3, 7, 6, 3, 3, 2, 2, 1))
@@ -300,9 +376,13 @@ def test_parallel_kernels_match_serial_ones(rng):
     x, w, b, conv_param = conv_inputs(rng, (5, 3, 9, 8, 4, 3, 2, 2, 1))
     pool_param = {"pool_height": 3, "pool_width": 2, "stride": 2}
 
+    xw, ww, bw, _ = conv_inputs(rng, (3, 16, 7, 6, 5, 3, 3, 1, 1))  # through Winograd
+
     def run_all():
         out, cache = fl.conv_forward_fast(x, w, b, conv_param)
         results = [out, *fl.conv_backward_fast(out, cache)]
+        out, cache = fl.conv_forward_fast(xw, ww, bw, {"stride": 1, "pad": 1})
+        results += [out, *fl.conv_backward_fast(out, cache)]
         for forward, backward in [(fl.max_pool_forward_fast, fl.max_pool_backward_fast),
                                   (fl.avg_pool_forward_fast, fl.avg_pool_backward_fast)]:
             out, cache = forward(x, pool_param)
