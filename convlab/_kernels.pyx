@@ -23,15 +23,28 @@ from libc.string cimport memcpy, memset
 cdef extern from *:
     """
     #ifdef _OPENMP
+    #include <omp.h>
     #define CONVLAB_OPENMP 1
+    static int convlab_omp_max_threads(void) { return omp_get_max_threads(); }
     #else
     #define CONVLAB_OPENMP 0
+    static int convlab_omp_max_threads(void) { return 1; }
     #endif
     """
     int CONVLAB_OPENMP
+    int convlab_omp_max_threads() nogil
 
 # Threads of every parallel loop below; 1 until convlab._threads decides.
 cdef int _num_threads = 1
+
+
+cdef inline int _threads(int threads=0) noexcept nogil:
+    """The team size of a parallel loop: ``threads`` when a caller that runs kernels on
+    threads of its own passes it (>= 1), else _num_threads, within the OpenMP limit of the
+    calling thread (which threadpoolctl's limits set)."""
+    if threads > 0:
+        return threads
+    return max(1, min(_num_threads, convlab_omp_max_threads()))
 
 
 def openmp_enabled():
@@ -147,7 +160,8 @@ cdef inline double _sum(const floating* values, Py_ssize_t size) noexcept nogil:
 
 
 def im2col_samples(const floating[:, :, :, ::1] x, floating[:, ::1] cols, Py_ssize_t n0,
-                    int fh, int fw, int pad, int stride, Py_ssize_t Ho, Py_ssize_t Wo):
+                    int fh, int fw, int pad, int stride, Py_ssize_t Ho, Py_ssize_t Wo,
+                    int threads=0):
     """Columns of samples n0 .. n0 + nc of x into cols (C fh fw, nc H' W'), sample-major."""
     cdef Py_ssize_t C = x.shape[1], H = x.shape[2], W = x.shape[3]
     cdef Py_ssize_t P = Ho * Wo
@@ -155,7 +169,7 @@ def im2col_samples(const floating[:, :, :, ::1] x, floating[:, ::1] cols, Py_ssi
     cdef Py_ssize_t task, row, n, c, i, j
     with nogil:
         # One task per (row, sample): a contiguous run of P outputs, enough tasks to balance.
-        for task in prange(C * fh * fw * nc, schedule="static", num_threads=_num_threads):
+        for task in prange(C * fh * fw * nc, schedule="static", num_threads=_threads(threads)):
             row = task // nc
             n = task % nc
             c = row // (fh * fw)
@@ -166,7 +180,8 @@ def im2col_samples(const floating[:, :, :, ::1] x, floating[:, ::1] cols, Py_ssi
 
 
 def col2im_samples(const floating[:, ::1] cols, floating[:, :, :, ::1] dx, Py_ssize_t n0,
-                    int fh, int fw, int pad, int stride, Py_ssize_t Ho, Py_ssize_t Wo):
+                    int fh, int fw, int pad, int stride, Py_ssize_t Ho, Py_ssize_t Wo,
+                    int threads=0):
     """dx[n0 .. n0 + nc] = adjoint of im2col_samples applied to cols (overwrites dx)."""
     cdef Py_ssize_t C = dx.shape[1], H = dx.shape[2], W = dx.shape[3]
     cdef Py_ssize_t P = Ho * Wo
@@ -175,7 +190,7 @@ def col2im_samples(const floating[:, ::1] cols, floating[:, :, :, ::1] dx, Py_ss
     cdef floating* plane
     with nogil:
         # Each task owns one (sample, channel) plane, so the accumulation needs no atomics.
-        for task in prange(nc * C, schedule="static", num_threads=_num_threads):
+        for task in prange(nc * C, schedule="static", num_threads=_threads(threads)):
             n = task // C
             c = task % C
             plane = &dx[n0 + n, c, 0, 0]
@@ -187,7 +202,7 @@ def col2im_samples(const floating[:, ::1] cols, floating[:, :, :, ::1] dx, Py_ss
 
 
 def rows_to_samples(const floating[:, ::1] rows, const floating[::1] bias,
-                     floating[:, :, ::1] out):
+                     floating[:, :, ::1] out, int threads=0):
     """out[n, f, p] = rows[f, n P + p] + bias[f]; rows (F, nc P) -> out (nc, F, P)."""
     cdef Py_ssize_t nc = out.shape[0], F = out.shape[1], P = out.shape[2]
     cdef Py_ssize_t task, n, f, p
@@ -195,7 +210,7 @@ def rows_to_samples(const floating[:, ::1] rows, const floating[::1] bias,
     cdef const floating* src
     cdef floating* dst
     with nogil:
-        for task in prange(nc * F, schedule="static", num_threads=_num_threads):
+        for task in prange(nc * F, schedule="static", num_threads=_threads(threads)):
             n = task // F
             f = task % F
             shift = bias[f]
@@ -206,13 +221,13 @@ def rows_to_samples(const floating[:, ::1] rows, const floating[::1] bias,
 
 
 def samples_to_rows(const floating[:, :, ::1] dout, floating[:, ::1] rows,
-                     double[::1] bias_grad):
+                     double[::1] bias_grad, int threads=0):
     """rows[f, n P + p] = dout[n, f, p] and bias_grad[f] += sum of dout[:, f, :]."""
     cdef Py_ssize_t nc = dout.shape[0], F = dout.shape[1], P = dout.shape[2]
     cdef Py_ssize_t n, f
     cdef double total
     with nogil:
-        for f in prange(F, schedule="static", num_threads=_num_threads):
+        for f in prange(F, schedule="static", num_threads=_threads(threads)):
             total = 0
             for n in range(nc):
                 memcpy(&rows[f, n * P], &dout[n, f, 0], P * sizeof(floating))
@@ -229,7 +244,7 @@ def im2col_cs231n(const floating[:, :, :, ::1] x, floating[:, ::1] cols, int fh,
     cdef Py_ssize_t N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
     cdef Py_ssize_t row, c, i, j, yo, xo, h, w, n, col
     with nogil:
-        for row in prange(C * fh * fw, schedule="static", num_threads=_num_threads):
+        for row in prange(C * fh * fw, schedule="static", num_threads=_threads()):
             c = row // (fh * fw)
             i = (row // fw) % fh
             j = row % fw
@@ -253,7 +268,7 @@ def col2im_cs231n(const floating[:, ::1] cols, floating[:, :, :, ::1] dx, int fh
     cdef Py_ssize_t row, c, i, j, yo, xo, h, w, n, col
     with nogil:
         # Parallel over channels: each thread owns dx[:, c], so += is race-free.
-        for c in prange(C, schedule="static", num_threads=_num_threads):
+        for c in prange(C, schedule="static", num_threads=_threads()):
             for i in range(fh):
                 for j in range(fw):
                     row = (c * fh + i) * fw + j
@@ -299,7 +314,7 @@ def max_pool_planes(const floating[:, :, ::1] x, floating[:, :, ::1] out,
     cdef floating best, v, total
     cdef Py_ssize_t nan_at
     with nogil:
-        for t in prange(planes, schedule="static", num_threads=_num_threads):
+        for t in prange(planes, schedule="static", num_threads=_threads()):
             for yo in range(Ho):
                 h0 = yo * stride
                 for xo in range(Wo):
@@ -329,7 +344,7 @@ def max_unpool_planes(const floating[:, ::1] dout, const int[:, ::1] argmax,
     cdef Py_ssize_t planes = dx.shape[0], HW = dx.shape[1], K = dout.shape[1]
     cdef Py_ssize_t t, k
     with nogil:
-        for t in prange(planes, schedule="static", num_threads=_num_threads):
+        for t in prange(planes, schedule="static", num_threads=_threads()):
             memset(&dx[t, 0], 0, HW * sizeof(floating))
             for k in range(K):
                 dx[t, argmax[t, k]] += dout[t, k]
@@ -343,7 +358,7 @@ def avg_pool_planes(const floating[:, :, ::1] x, floating[:, :, ::1] out, int ph
     cdef double total
     cdef double scale = 1.0 / (ph * pw)
     with nogil:
-        for t in prange(planes, schedule="static", num_threads=_num_threads):
+        for t in prange(planes, schedule="static", num_threads=_threads()):
             for yo in range(Ho):
                 for xo in range(Wo):
                     total = 0
@@ -362,7 +377,7 @@ def avg_unpool_planes(const floating[:, :, ::1] dout, floating[:, :, ::1] dx, in
     cdef floating share
     cdef floating scale = <floating>(1.0 / (ph * pw))
     with nogil:
-        for t in prange(planes, schedule="static", num_threads=_num_threads):
+        for t in prange(planes, schedule="static", num_threads=_threads()):
             memset(&dx[t, 0, 0], 0, H * W * sizeof(floating))
             for yo in range(Ho):
                 for xo in range(Wo):
@@ -377,7 +392,7 @@ def plane_means(const floating[:, ::1] x, floating[::1] out):
     cdef Py_ssize_t planes = x.shape[0], HW = x.shape[1]
     cdef Py_ssize_t t
     with nogil:
-        for t in prange(planes, schedule="static", num_threads=_num_threads):
+        for t in prange(planes, schedule="static", num_threads=_threads()):
             out[t] = <floating>(_sum(&x[t, 0], HW) / HW)
 
 
@@ -387,7 +402,7 @@ def spread_means(const floating[::1] dout, floating[:, ::1] dx):
     cdef Py_ssize_t t, k
     cdef floating share
     with nogil:
-        for t in prange(planes, schedule="static", num_threads=_num_threads):
+        for t in prange(planes, schedule="static", num_threads=_threads()):
             share = <floating>(dout[t] / <double>HW)
             for k in range(HW):
                 dx[t, k] = share
@@ -479,7 +494,7 @@ def batchnorm_train_forward(const floating[:, :, ::1] x, const floating[::1] gam
     cdef Py_ssize_t C = x.shape[1]
     cdef Py_ssize_t c
     with nogil:
-        for c in prange(C, schedule="static", num_threads=_num_threads):
+        for c in prange(C, schedule="static", num_threads=_threads()):
             _batchnorm_channel_forward(x, c, eps, gamma[c], beta[c], relu, xhat, out, mask,
                                        &mean[c], &var[c], &inv_std[c])
 
@@ -554,7 +569,7 @@ def batchnorm_train_backward(const floating[:, :, ::1] dout, const floating[:, :
     cdef Py_ssize_t C = dout.shape[1]
     cdef Py_ssize_t c
     with nogil:
-        for c in prange(C, schedule="static", num_threads=_num_threads):
+        for c in prange(C, schedule="static", num_threads=_threads()):
             _batchnorm_channel_backward(dout, xhat, mask, c, gamma[c], inv_std[c], relu, dx,
                                         &dgamma[c], &dbeta[c])
 
@@ -770,7 +785,8 @@ cdef void _input_grad_tiles(const floating* v, Py_ssize_t k_stride, floating* pl
 
 
 def winograd_input_transform(const floating[:, :, :, ::1] x, floating[:, :, :] V,
-                             Py_ssize_t n0, int pad, Py_ssize_t th, Py_ssize_t tw):
+                             Py_ssize_t n0, int pad, Py_ssize_t th, Py_ssize_t tw,
+                             int threads=0):
     """V (16, C, nc th tw) = B^T d B of every input tile of samples n0 .. n0 + nc."""
     cdef Py_ssize_t C = x.shape[1], H = x.shape[2], W = x.shape[3]
     cdef Py_ssize_t T = th * tw
@@ -778,7 +794,7 @@ def winograd_input_transform(const floating[:, :, :, ::1] x, floating[:, :, :] V
     cdef Py_ssize_t k_stride = V.strides[0] // sizeof(floating)
     cdef Py_ssize_t task, n, c
     with nogil:
-        for task in prange(nc * C, schedule="static", num_threads=_num_threads):
+        for task in prange(nc * C, schedule="static", num_threads=_threads(threads)):
             n = task // C
             c = task % C
             _input_tiles(&x[n0 + n, c, 0, 0], H, W, pad, th, tw, &V[0, c, n * T], k_stride)
@@ -786,7 +802,7 @@ def winograd_input_transform(const floating[:, :, :, ::1] x, floating[:, :, :] V
 
 def winograd_output_transform(const floating[:, :, :] M, const floating[::1] bias,
                               floating[:, :, :, ::1] out, Py_ssize_t n0, Py_ssize_t th,
-                              Py_ssize_t tw):
+                              Py_ssize_t tw, int threads=0):
     """out[n0 .. n0 + nc] = A^T m A + bias for every tile's 16 products m in M."""
     cdef Py_ssize_t F = out.shape[1], Ho = out.shape[2], Wo = out.shape[3]
     cdef Py_ssize_t T = th * tw
@@ -794,7 +810,7 @@ def winograd_output_transform(const floating[:, :, :] M, const floating[::1] bia
     cdef Py_ssize_t k_stride = M.strides[0] // sizeof(floating)
     cdef Py_ssize_t task, n, f
     with nogil:
-        for task in prange(nc * F, schedule="static", num_threads=_num_threads):
+        for task in prange(nc * F, schedule="static", num_threads=_threads(threads)):
             n = task // F
             f = task % F
             _output_tiles(&M[0, f, n * T], k_stride, bias[f], &out[n0 + n, f, 0, 0], Ho, Wo,
@@ -803,7 +819,7 @@ def winograd_output_transform(const floating[:, :, :] M, const floating[::1] bia
 
 def winograd_output_grad_transform(const floating[:, :, :, ::1] dout, floating[:, :, :] dM,
                                    double[:, ::1] bias_grad, Py_ssize_t n0, Py_ssize_t th,
-                                   Py_ssize_t tw):
+                                   Py_ssize_t tw, int threads=0):
     """dM (16, F, nc th tw) = A dy A^T of every 2x2 tile dy of dout[n0 .. n0 + nc] (zero
     past the edge); bias_grad[n, f] = the sum of dout[n0 + n, f]."""
     cdef Py_ssize_t F = dout.shape[1], Ho = dout.shape[2], Wo = dout.shape[3]
@@ -812,7 +828,7 @@ def winograd_output_grad_transform(const floating[:, :, :, ::1] dout, floating[:
     cdef Py_ssize_t k_stride = dM.strides[0] // sizeof(floating)
     cdef Py_ssize_t task, n, f
     with nogil:
-        for task in prange(nc * F, schedule="static", num_threads=_num_threads):
+        for task in prange(nc * F, schedule="static", num_threads=_threads(threads)):
             n = task // F
             f = task % F
             bias_grad[n, f] = _output_grad_tiles(&dout[n0 + n, f, 0, 0], Ho, Wo, th, tw,
@@ -820,7 +836,8 @@ def winograd_output_grad_transform(const floating[:, :, :, ::1] dout, floating[:
 
 
 def winograd_input_grad_transform(const floating[:, :, :] dV, floating[:, :, :, ::1] dx,
-                                  Py_ssize_t n0, int pad, Py_ssize_t th, Py_ssize_t tw):
+                                  Py_ssize_t n0, int pad, Py_ssize_t th, Py_ssize_t tw,
+                                  int threads=0):
     """dx[n0 .. n0 + nc] = the sum over tiles of B dv B^T placed at each tile's input
     position (overwrites dx; values in the padding are dropped)."""
     cdef Py_ssize_t C = dx.shape[1], H = dx.shape[2], W = dx.shape[3]
@@ -830,7 +847,7 @@ def winograd_input_grad_transform(const floating[:, :, :] dV, floating[:, :, :, 
     cdef Py_ssize_t task, n, c
     with nogil:
         # Each task owns one (sample, channel) plane, so overlapping tiles need no atomics.
-        for task in prange(nc * C, schedule="static", num_threads=_num_threads):
+        for task in prange(nc * C, schedule="static", num_threads=_threads(threads)):
             n = task // C
             c = task % C
             _input_grad_tiles(&dV[0, c, n * T], k_stride, &dx[n0 + n, c, 0, 0], H, W, pad,

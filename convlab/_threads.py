@@ -16,12 +16,26 @@ bind to it, with whatever policy it started with: then they stay single-threaded
 the user asked for a passive policy in the environment (OMP_WAIT_POLICY=passive or
 GOMP_SPINCOUNT=0).
 
-Thread count when parallel: OMP_NUM_THREADS if set, else one per CPU this process may use.
+Thread count when parallel: OMP_NUM_THREADS if set, else one per CPU this process may use;
+``convlab.set_num_threads(n)`` (and ``convlab-train --threads``) changes it, for the kernels
+and for NumPy's BLAS alike.
+
+The convolutions' chunks run on threads of their own (map_chunks): each chunk's compiled
+transforms and its GEMMs on one core, with the BLAS held to one thread meanwhile, instead of
+every step handing off between OpenMP's and OpenBLAS's thread pools, whose idle threads spin
+on the cores the other needs. Those worker threads are plain Python threads (NumPy and the
+kernels release the GIL), so they scale whatever OpenMP runtime is loaded. The limits of
+threadpoolctl are honoured: the workers never outnumber the threads the BLAS is limited to,
+and the kernels' OpenMP loops stay within omp_get_max_threads().
 """
 
 import ctypes
 import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
+
+from convlab._checks import check_int
 
 _OPENMP_RUNTIMES = ("libgomp", "libomp", "libiomp")
 
@@ -76,6 +90,113 @@ def requested_threads():
     return int(requested) if requested.isdigit() and int(requested) > 0 else _cpu_count()
 
 
+class _Threads:
+    """The process's thread settings (threads are a property of the process, so this is
+    the one place that holds them): the requested count, whether the kernels' OpenMP loops
+    may run in parallel, the BLAS controller, the worker pool."""
+
+    def __init__(self):
+        self.requested = None  # set_num_threads's count; None: requested_threads()
+        self.parallel_loops = False  # decided by load_kernels
+        self.kernels = None
+        self.lock = threading.RLock()
+        self.blas = None  # threadpoolctl's controller of the loaded BLAS libraries
+        self.single_threaded_depth = 0
+        self.saved_blas_limits = None
+        self.pool = None
+
+
+_STATE = _Threads()
+
+
+def _blas():
+    with _STATE.lock:
+        if _STATE.blas is None:
+            from threadpoolctl import ThreadpoolController
+
+            _STATE.blas = ThreadpoolController().select(user_api="blas")
+        return _STATE.blas
+
+
+def get_num_threads():
+    """The thread count convlab uses: set_num_threads's, else OMP_NUM_THREADS, else the
+    number of CPUs this process may use."""
+    return _STATE.requested or requested_threads()
+
+
+def set_num_threads(threads):
+    """Use ``threads`` threads (an int >= 1) from now on: for the compiled kernels' loops
+    (when their OpenMP policy allows parallel loops at all, see the module docstring), the
+    convolutions' chunk workers, and NumPy's BLAS (through threadpoolctl)."""
+    threads = check_int(threads, "threads", 1)
+    _STATE.requested = threads
+    if _STATE.kernels is not None:
+        _STATE.kernels.set_num_threads(threads if _STATE.parallel_loops else 1)
+    _blas().limit(limits=threads)  # kept: not a context, the new setting
+
+
+def _blas_threads():
+    counts = [info["num_threads"] for info in _blas().info()]
+    return min(counts) if counts else 1
+
+
+def chunk_workers(n_chunks):
+    """How many threads map_chunks runs ``n_chunks`` chunks on: the thread count, no more
+    than the BLAS is limited to (threadpoolctl) and no more than there are chunks."""
+    threads = get_num_threads()
+    if threads <= 1 or n_chunks <= 1:
+        return 1
+    return max(1, min(threads, n_chunks, _blas_threads()))
+
+
+@contextmanager
+def _single_threaded_blas():
+    """The BLAS on one thread inside the block; nested and concurrent blocks share one
+    saved limit, restored when the last one ends."""
+    with _STATE.lock:
+        if _STATE.single_threaded_depth == 0:
+            _STATE.saved_blas_limits = _blas().limit(limits=1)
+        _STATE.single_threaded_depth += 1
+    try:
+        yield
+    finally:
+        with _STATE.lock:
+            _STATE.single_threaded_depth -= 1
+            if _STATE.single_threaded_depth == 0:
+                _STATE.saved_blas_limits.restore_original_limits()
+
+
+def _pool(workers):
+    with _STATE.lock:
+        if _STATE.pool is None or _STATE.pool._max_workers < workers:
+            _STATE.pool = ThreadPoolExecutor(max_workers=workers,
+                                             thread_name_prefix="convlab-chunks")
+        return _STATE.pool
+
+
+def map_chunks(fn, chunks):
+    """[fn(n0, nc, threads) for (n0, nc) in chunks], in chunk order. With one worker (see
+    chunk_workers) the calls run here with threads=0 (the kernels' own team size) and the
+    BLAS as it is; with more, each worker runs every workers-th chunk with threads=1 while
+    the BLAS is held to one thread, so each chunk computes on one core. fn must write only
+    to its own chunk's part of any shared output."""
+    workers = chunk_workers(len(chunks))
+    if workers == 1:
+        return [fn(n0, nc, 0) for n0, nc in chunks]
+    pool = _pool(workers)
+
+    def run(group):
+        return [fn(n0, nc, 1) for n0, nc in group]
+
+    with _single_threaded_blas():
+        futures = [pool.submit(run, chunks[i::workers]) for i in range(workers)]
+        grouped = [future.result() for future in futures]
+    results = [None] * len(chunks)
+    for i, group in enumerate(grouped):
+        results[i::workers] = group
+    return results
+
+
 def load_kernels():
     """Import convlab._kernels under a passive OpenMP wait policy and set its thread count
     by the policy above. Returns the module."""
@@ -92,6 +213,7 @@ def load_kernels():
     # there before) and no global runtime intercepts the kernels' calls.
     started_here = before is not None and bool(after - before)
     passive = user_passive or (started_here and not foreign_runtime)
-    parallel = _kernels.openmp_enabled() and passive
-    _kernels.set_num_threads(requested_threads() if parallel else 1)
+    _STATE.parallel_loops = _kernels.openmp_enabled() and passive
+    _STATE.kernels = _kernels
+    _kernels.set_num_threads(get_num_threads() if _STATE.parallel_loops else 1)
     return _kernels

@@ -32,7 +32,7 @@ from convlab._checks import (
     pool_output_size,
     require_train_cache,
 )
-from convlab._threads import load_kernels
+from convlab._threads import get_num_threads, load_kernels, map_chunks
 from convlab.backend import is_host
 from convlab.gather_layers import (
     avg_pool_backward_gather,
@@ -150,11 +150,13 @@ def _scratch(name, shape, dtype):
 
 def _sample_chunks(N, bytes_per_sample, chunk_bytes=None):
     """(first sample, sample count) pairs of roughly equal chunks of about chunk_bytes
-    (default _CHUNK_BYTES)."""
+    (default _CHUNK_BYTES), and at least as many as there are threads to run them (when
+    there are that many samples)."""
     if N == 0:
         return []
     chunk_bytes = _CHUNK_BYTES if chunk_bytes is None else chunk_bytes
-    per_chunk = max(1, min(N, chunk_bytes // max(1, bytes_per_sample)))
+    per_chunk = max(1, min(N, chunk_bytes // max(1, bytes_per_sample),
+                           -(-N // get_num_threads())))
     n_chunks = -(-N // per_chunk)
     per_chunk = -(-N // n_chunks)
     return [(n0, min(per_chunk, N - n0)) for n0 in range(0, N, per_chunk)]
@@ -238,12 +240,15 @@ def _conv_forward_winograd(x, w, bias, pad, out):
     th, tw = _winograd_tiles(Ho, Wo)
     T = th * tw
     U = _winograd_filters(w)
-    for n0, nc in _sample_chunks(N, 16 * (C + F) * T * x.itemsize, _WINOGRAD_CHUNK_BYTES):
+
+    def chunk(n0, nc, threads):
         V = _winograd_scratch("winograd_V", C, nc * T, x.dtype)
-        _kernels.winograd_input_transform(x, V, n0, pad, th, tw)
+        _kernels.winograd_input_transform(x, V, n0, pad, th, tw, threads)
         M = _winograd_scratch("winograd_M", F, nc * T, x.dtype)
         np.matmul(U, V, out=M)  # 16 GEMMs (F, C) @ (C, nc T)
-        _kernels.winograd_output_transform(M, bias, out, n0, th, tw)
+        _kernels.winograd_output_transform(M, bias, out, n0, th, tw, threads)
+
+    map_chunks(chunk, _sample_chunks(N, 16 * (C + F) * T * x.itemsize, _WINOGRAD_CHUNK_BYTES))
 
 
 def _conv_backward_winograd(x, w, dout, pad, dx):
@@ -254,19 +259,25 @@ def _conv_backward_winograd(x, w, dout, pad, dx):
     th, tw = _winograd_tiles(Ho, Wo)
     T = th * tw
     U_t = np.ascontiguousarray(_winograd_filters(w).transpose(0, 2, 1))  # (16, C, F)
-    dU = np.zeros((16, F, C), dtype=x.dtype)
     bias_parts = np.empty((N, F))  # float64 sums of dout per (sample, filter)
-    for n0, nc in _sample_chunks(N, 16 * (C + F) * T * x.itemsize, _WINOGRAD_CHUNK_BYTES):
+
+    def chunk(n0, nc, threads):
+        """This chunk's share of dU (16, F, C); its dx and bias_parts rows in place."""
         dM = _winograd_scratch("winograd_M", F, nc * T, x.dtype)
-        _kernels.winograd_output_grad_transform(dout, dM, bias_parts[n0:n0 + nc], n0, th, tw)
+        _kernels.winograd_output_grad_transform(dout, dM, bias_parts[n0:n0 + nc], n0, th, tw,
+                                                threads)
         V = _winograd_scratch("winograd_V", C, nc * T, x.dtype)
-        _kernels.winograd_input_transform(x, V, n0, pad, th, tw)
-        dU_chunk = _scratch("winograd_dU", (16, F, C), x.dtype)
-        np.matmul(dM, V.transpose(0, 2, 1), out=dU_chunk)
-        dU += dU_chunk
+        _kernels.winograd_input_transform(x, V, n0, pad, th, tw, threads)
+        dU_chunk = np.matmul(dM, V.transpose(0, 2, 1))
         if dx is not None:
             np.matmul(U_t, dM, out=V)  # V is spent: its buffer takes dV (16, C, nc T)
-            _kernels.winograd_input_grad_transform(V, dx, n0, pad, th, tw)
+            _kernels.winograd_input_grad_transform(V, dx, n0, pad, th, tw, threads)
+        return dU_chunk
+
+    # The chunks' shares summed in chunk order: the same result on any number of threads.
+    dU = sum(map_chunks(chunk, _sample_chunks(N, 16 * (C + F) * T * x.itemsize,
+                                              _WINOGRAD_CHUNK_BYTES)),
+             np.zeros((16, F, C), dtype=x.dtype))
     G = _WINOGRAD_G.astype(x.dtype)
     GdU = np.tensordot(G, dU.reshape(4, 4, F, C), axes=(0, 0))  # (3, 4, F, C): G^T dU
     dw = np.tensordot(GdU, G, axes=(1, 0))                        # (3, F, C, 3): G^T dU G
@@ -291,12 +302,15 @@ def conv_forward_fast(x, w, b, conv_param):
         _conv_forward_winograd(x, w, bias, pad, out)
         return out, (x, w, b is not None, stride, pad)
     out_rows = out.reshape(N, F, P)
-    for n0, nc in _sample_chunks(N, K * P * x.itemsize):
+
+    def chunk(n0, nc, threads):
         cols = _scratch("cols", (K, nc * P), x.dtype)
-        _kernels.im2col_samples(x, cols, n0, HH, WW, pad, stride, Ho, Wo)
+        _kernels.im2col_samples(x, cols, n0, HH, WW, pad, stride, Ho, Wo, threads)
         product = _scratch("product", (F, nc * P), x.dtype)
         np.matmul(w_rows, cols, out=product)
-        _kernels.rows_to_samples(product, bias, out_rows[n0:n0 + nc])
+        _kernels.rows_to_samples(product, bias, out_rows[n0:n0 + nc], threads)
+
+    map_chunks(chunk, _sample_chunks(N, K * P * x.itemsize))
     return out, (x, w, b is not None, stride, pad)
 
 
@@ -320,22 +334,27 @@ def conv_backward_fast(dout, cache, need_dx=True):
         return dx, dw, db.astype(x.dtype) if has_bias else None
     dout_rows = dout.reshape(N, F, P)
     w_rows = w.reshape(F, K)
-    dw_columns = np.zeros((K, F), dtype=x.dtype)
-    db = np.zeros(F, dtype=np.float64)
-    for n0, nc in _sample_chunks(N, K * P * x.itemsize):
+
+    def chunk(n0, nc, threads):
+        """This chunk's shares of dw^T (K, F) and db (F,); its dx in place."""
         grad_rows = _scratch("grad_rows", (F, nc * P), x.dtype)
-        _kernels.samples_to_rows(dout_rows[n0:n0 + nc], grad_rows, db)
+        db_chunk = np.zeros(F, dtype=np.float64)
+        _kernels.samples_to_rows(dout_rows[n0:n0 + nc], grad_rows, db_chunk, threads)
         cols = _scratch("cols", (K, nc * P), x.dtype)
-        _kernels.im2col_samples(x, cols, n0, HH, WW, pad, stride, Ho, Wo)
+        _kernels.im2col_samples(x, cols, n0, HH, WW, pad, stride, Ho, Wo, threads)
         # dw^T = cols grad_rows^T: the same flops as grad_rows cols^T, but multithreaded
         # OpenBLAS 0.3.x stalls far less on this orientation when the cores are busy.
-        dw_chunk = _scratch("dw_chunk", (K, F), x.dtype)
-        np.matmul(cols, grad_rows.T, out=dw_chunk)
-        dw_columns += dw_chunk
+        dw_chunk = np.matmul(cols, grad_rows.T)
         if need_dx:
             # The columns are no longer needed: their buffer receives the column gradients.
             np.matmul(w_rows.T, grad_rows, out=cols)
-            _kernels.col2im_samples(cols, dx, n0, HH, WW, pad, stride, Ho, Wo)
+            _kernels.col2im_samples(cols, dx, n0, HH, WW, pad, stride, Ho, Wo, threads)
+        return dw_chunk, db_chunk
+
+    # The chunks' shares summed in chunk order: the same result on any number of threads.
+    shares = map_chunks(chunk, _sample_chunks(N, K * P * x.itemsize))
+    dw_columns = sum((dw_chunk for dw_chunk, _ in shares), np.zeros((K, F), dtype=x.dtype))
+    db = sum((db_chunk for _, db_chunk in shares), np.zeros(F))
     dw = np.ascontiguousarray(dw_columns.T).reshape(w.shape)
     return dx, dw, db.astype(x.dtype) if has_bias else None
 

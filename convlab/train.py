@@ -22,6 +22,7 @@ failures print one line on stderr and exit with status 2.
 import argparse
 import sys
 
+from convlab._threads import set_num_threads
 from convlab.callbacks import TensorBoard
 from convlab.run import RunConfig, RunDir, TrainingInterrupted, run
 from convlab.schedules import SCHEDULES
@@ -57,6 +58,9 @@ def build_parser():
                                "loss lines; 2: one line per epoch")
     run_opts.add_argument("--quiet", action="store_const", const=0, dest="verbose",
                           help="the same as --verbose 0")
+    run_opts.add_argument("--threads", type=int, default=None, metavar="N",
+                          help="CPU threads for the kernels and the BLAS (default: "
+                               "OMP_NUM_THREADS, else every CPU this process may use)")
     run_opts.add_argument("--device", default="cpu",
                           help="where to train: cpu, cuda (the current GPU) or cuda:K; a GPU "
                                "needs pip install 'convlab[gpu]'. Not part of the run's "
@@ -158,6 +162,8 @@ def main(argv=None):
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
+        if args.threads is not None:
+            set_num_threads(args.threads)
         if args.resume:
             # The saved configuration, with the changes a resumed run accepts; run() refuses
             # any other change instead of silently ignoring it.

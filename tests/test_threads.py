@@ -61,3 +61,114 @@ def test_requested_threads(monkeypatch):
     assert _threads.requested_threads() == 5
     monkeypatch.setenv("OMP_NUM_THREADS", "zero")
     assert _threads.requested_threads() == _threads._cpu_count()
+
+
+# ----------------------------------------------------------------------------- thread count
+
+
+@pytest.fixture
+def restore_threads():
+    """Put the thread count (and the BLAS limit) back as it was."""
+    requested = _threads._STATE.requested
+    blas = _threads._blas_threads()
+    yield
+    _threads.set_num_threads(blas)
+    _threads._STATE.requested = requested
+    if _threads._STATE.kernels is not None:
+        kernels = _threads._STATE.kernels
+        kernels.set_num_threads(_threads.get_num_threads() if _threads._STATE.parallel_loops
+                                else 1)
+
+
+@pytest.mark.parametrize("bad, error", [(0, ValueError), (-2, ValueError), (1.5, TypeError),
+                                        ("2", TypeError), (True, TypeError)])
+def test_set_num_threads_rejects_what_is_not_a_count(bad, error):
+    import convlab
+
+    with pytest.raises(error, match="threads must be an integer >= 1"):
+        convlab.set_num_threads(bad)
+
+
+def test_set_num_threads_sets_the_kernels_the_workers_and_the_blas(restore_threads):
+    import convlab
+    from convlab import fast_layers
+
+    convlab.set_num_threads(1)
+    assert convlab.get_num_threads() == 1 and _threads._blas_threads() == 1
+    assert fast_layers._kernels.get_num_threads() == 1 and _threads.chunk_workers(8) == 1
+    convlab.set_num_threads(2)
+    assert convlab.get_num_threads() == 2 and _threads._blas_threads() == 2
+    assert _threads.chunk_workers(8) == 2 and _threads.chunk_workers(1) == 1
+    if _threads._STATE.parallel_loops:
+        assert fast_layers._kernels.get_num_threads() == 2
+
+
+def test_threadpoolctl_limits_are_honoured(restore_threads):
+    from threadpoolctl import threadpool_limits
+
+    _threads.set_num_threads(2)
+    with threadpool_limits(limits=1, user_api="blas"):
+        assert _threads.chunk_workers(8) == 1
+    assert _threads.chunk_workers(8) == 2
+
+
+def test_map_chunks_keeps_chunk_order_and_restores_the_blas(restore_threads):
+    _threads.set_num_threads(2)
+    seen = []
+
+    def fn(n0, nc, threads):
+        seen.append(threads)
+        assert _threads._blas_threads() == 1  # each chunk computes on one core
+        return n0 * 10 + nc
+
+    chunks = [(0, 2), (2, 2), (4, 1), (5, 3), (8, 1)]
+    assert _threads.map_chunks(fn, chunks) == [2, 22, 41, 53, 81]
+    assert seen == [1] * 5 and _threads._blas_threads() == 2
+
+    def fail(n0, nc, threads):
+        raise ValueError(f"chunk {n0}")
+
+    with pytest.raises(ValueError, match="chunk"):
+        _threads.map_chunks(fail, chunks)
+    assert _threads._blas_threads() == 2
+
+
+def test_convolutions_do_not_depend_on_the_thread_count(restore_threads):
+    """Chunk workers change who computes a chunk, not what: the same results on 1 and 2
+    threads (to float32 round-off: the chunks, and so the BLAS kernels picked for their
+    sizes, differ), and bitwise the same on every run with the same count."""
+    import numpy as np
+
+    from convlab import fast_layers as fl
+
+    def run():
+        rng = np.random.default_rng(0)
+        results = []
+        for C, K in ((16, 3), (3, 5)):  # Winograd, im2col
+            x = rng.standard_normal((9, C, 8, 7)).astype(np.float32)
+            w = rng.standard_normal((4, C, K, K)).astype(np.float32)
+            b = rng.standard_normal(4).astype(np.float32)
+            out, cache = fl.conv_forward_fast(x, w, b, {"stride": 1, "pad": 1})
+            results += [out, *fl.conv_backward_fast(np.ones_like(out), cache)]
+        return results
+
+    _threads.set_num_threads(1)
+    serial = run()
+    _threads.set_num_threads(2)
+    parallel, again = run(), run()
+    for a, b, c in zip(serial, parallel, again, strict=True):
+        np.testing.assert_allclose(b, a, rtol=0, atol=1e-5 * np.abs(a).max())
+        np.testing.assert_array_equal(b, c)
+
+
+def test_cli_threads_option(tmp_path):
+    from convlab.train import build_parser
+
+    args = build_parser().parse_args(["--threads", "3"])
+    assert args.threads == 3
+    result = subprocess.run([sys.executable, "-m", "convlab.train", "--threads", "0",
+                             "--data", "builtin", "--out", str(tmp_path / "run")],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        "convlab-train: error: threads must be an integer >= 1, got 0"]
