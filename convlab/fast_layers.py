@@ -95,8 +95,6 @@ _WINOGRAD_MIN_CHANNELS = 16
 # chunk then stay in the L2/L3 caches from transform to GEMM to transform, which measured
 # 2x faster at 1-2 MB than at 24 MB (reference net, batch 64, one core).
 _WINOGRAD_CHUNK_BYTES = 2 << 20
-# The filter transform G of F(2x2, 3x3): U = G g G^T for a 3x3 filter g.
-_WINOGRAD_G = np.array([[1.0, 0.0, 0.0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0.0, 0.0, 1.0]])
 
 
 # ============================================================================ validation
@@ -223,14 +221,31 @@ def _winograd_scratch(name, rows, cols, dtype):
     return flat[:, :rows * cols].reshape(16, rows, cols)
 
 
+def _apply_G(g, axis):
+    """G (4 x 3) applied along ``axis`` (of length 3) of g, the rows stacked as a new
+    leading axis. The filter transform of F(2x2, 3x3) is U = G g G^T with
+    G = [[1, 0, 0], [1/2, 1/2, 1/2], [1/2, -1/2, 1/2], [0, 0, 1]]: rows g0,
+    (g0 + g1 + g2) / 2, (g0 - g1 + g2) / 2, g2. Elementwise, not a GEMM: a multithreaded
+    BLAS call here would leave its threads spinning on the cores the chunk workers use."""
+    g0, g1, g2 = (np.take(g, k, axis=axis) for k in range(3))
+    half = g.dtype.type(0.5)
+    return np.stack([g0, half * (g0 + g1 + g2), half * (g0 - g1 + g2), g2])
+
+
+def _apply_G_transposed(u, axis):
+    """G^T (3 x 4) applied along ``axis`` (of length 4) of u: rows u0 + (u1 + u2) / 2,
+    (u1 - u2) / 2, (u1 + u2) / 2 + u3, stacked as a new leading axis."""
+    u0, u1, u2, u3 = (np.take(u, k, axis=axis) for k in range(4))
+    half = u.dtype.type(0.5)
+    return np.stack([u0 + half * (u1 + u2), half * (u1 - u2), half * (u1 + u2) + u3])
+
+
 def _winograd_filters(w):
     """U (16, F, C) = G g G^T of every 3x3 filter g = w[f, c]: U[4 i + j, f, c]."""
     F, C = w.shape[:2]
-    G = _WINOGRAD_G.astype(w.dtype)
-    # Two tensordots (one GEMM each) rather than F C tiny matmuls.
-    Gg = np.tensordot(G, w, axes=(1, 2))  # (4, F, C, 3): G g
-    U = np.tensordot(Gg, G, axes=(3, 1))  # (4, F, C, 4): G g G^T
-    return np.ascontiguousarray(U.transpose(0, 3, 1, 2)).reshape(16, F, C)
+    Gg = _apply_G(w, axis=2)     # (4, F, C, 3): G g, rows i
+    U = _apply_G(Gg, axis=3)     # (4 j, 4 i, F, C): (G g) G^T, columns j
+    return np.ascontiguousarray(U.transpose(1, 0, 2, 3)).reshape(16, F, C)
 
 
 def _conv_forward_winograd(x, w, bias, pad, out):
@@ -260,28 +275,30 @@ def _conv_backward_winograd(x, w, dout, pad, dx):
     T = th * tw
     U_t = np.ascontiguousarray(_winograd_filters(w).transpose(0, 2, 1))  # (16, C, F)
     bias_parts = np.empty((N, F))  # float64 sums of dout per (sample, filter)
+    chunks = _sample_chunks(N, 16 * (C + F) * T * x.itemsize, _WINOGRAD_CHUNK_BYTES)
+    # Each chunk's share of dU in a slot of its own, allocated here once: allocating them
+    # in the workers (an mmap and munmap each) stalls both cores on every chunk.
+    dU_shares = np.empty((len(chunks), 16, F, C), dtype=x.dtype)
+    slot = {n0: i for i, (n0, _) in enumerate(chunks)}
 
     def chunk(n0, nc, threads):
-        """This chunk's share of dU (16, F, C); its dx and bias_parts rows in place."""
+        """This chunk's share of dU, its dx and its bias_parts rows, in place."""
         dM = _winograd_scratch("winograd_M", F, nc * T, x.dtype)
         _kernels.winograd_output_grad_transform(dout, dM, bias_parts[n0:n0 + nc], n0, th, tw,
                                                 threads)
         V = _winograd_scratch("winograd_V", C, nc * T, x.dtype)
         _kernels.winograd_input_transform(x, V, n0, pad, th, tw, threads)
-        dU_chunk = np.matmul(dM, V.transpose(0, 2, 1))
+        np.matmul(dM, V.transpose(0, 2, 1), out=dU_shares[slot[n0]])
         if dx is not None:
             np.matmul(U_t, dM, out=V)  # V is spent: its buffer takes dV (16, C, nc T)
             _kernels.winograd_input_grad_transform(V, dx, n0, pad, th, tw, threads)
-        return dU_chunk
 
-    # The chunks' shares summed in chunk order: the same result on any number of threads.
-    dU = sum(map_chunks(chunk, _sample_chunks(N, 16 * (C + F) * T * x.itemsize,
-                                              _WINOGRAD_CHUNK_BYTES)),
-             np.zeros((16, F, C), dtype=x.dtype))
-    G = _WINOGRAD_G.astype(x.dtype)
-    GdU = np.tensordot(G, dU.reshape(4, 4, F, C), axes=(0, 0))  # (3, 4, F, C): G^T dU
-    dw = np.tensordot(GdU, G, axes=(1, 0))                        # (3, F, C, 3): G^T dU G
-    return np.ascontiguousarray(dw.transpose(1, 2, 0, 3)), bias_parts.sum(axis=0)
+    map_chunks(chunk, chunks)
+    # Summed in chunk order: the same result whichever thread computed which share.
+    dU = dU_shares.sum(axis=0) if chunks else np.zeros((16, F, C), dtype=x.dtype)
+    GdU = _apply_G_transposed(dU.reshape(4, 4, F, C), axis=0)  # (3 a, 4 j, F, C): G^T dU
+    dw = _apply_G_transposed(GdU, axis=1)                       # (3 b, 3 a, F, C): ... G
+    return np.ascontiguousarray(dw.transpose(2, 3, 1, 0)), bias_parts.sum(axis=0)
 
 
 def conv_forward_fast(x, w, b, conv_param):
