@@ -146,15 +146,17 @@ def _scratch(name, shape, dtype):
     return buffer[:size].reshape(shape)
 
 
-def _sample_chunks(N, bytes_per_sample, chunk_bytes=None):
+def _sample_chunks(N, bytes_per_sample, chunk_bytes=None, parallel=True):
     """(first sample, sample count) pairs of roughly equal chunks of about chunk_bytes
-    (default _CHUNK_BYTES), and at least as many as there are threads to run them (when
-    there are that many samples)."""
+    (default _CHUNK_BYTES); for chunks run on the workers (``parallel``) that divided by
+    the thread count, and at least as many chunks as threads (when there are that many
+    samples)."""
     if N == 0:
         return []
-    chunk_bytes = _CHUNK_BYTES if chunk_bytes is None else chunk_bytes
-    per_chunk = max(1, min(N, chunk_bytes // max(1, bytes_per_sample),
-                           -(-N // get_num_threads())))
+    threads = get_num_threads() if parallel else 1
+    # Chunks in flight at once share the caches: each gets its share of the budget.
+    chunk_bytes = (_CHUNK_BYTES if chunk_bytes is None else chunk_bytes) // threads
+    per_chunk = max(1, min(N, chunk_bytes // max(1, bytes_per_sample), -(-N // threads)))
     n_chunks = -(-N // per_chunk)
     per_chunk = -(-N // n_chunks)
     return [(n0, min(per_chunk, N - n0)) for n0 in range(0, N, per_chunk)]
@@ -327,7 +329,8 @@ def conv_forward_fast(x, w, b, conv_param):
         np.matmul(w_rows, cols, out=product)
         _kernels.rows_to_samples(product, bias, out_rows[n0:n0 + nc], threads)
 
-    map_chunks(chunk, _sample_chunks(N, K * P * x.itemsize))
+    for n0, nc in _sample_chunks(N, K * P * x.itemsize, parallel=False):
+        chunk(n0, nc, 0)
     return out, (x, w, b is not None, stride, pad)
 
 
@@ -369,7 +372,8 @@ def conv_backward_fast(dout, cache, need_dx=True):
         return dw_chunk, db_chunk
 
     # The chunks' shares summed in chunk order: the same result on any number of threads.
-    shares = map_chunks(chunk, _sample_chunks(N, K * P * x.itemsize))
+    shares = [chunk(n0, nc, 0)
+              for n0, nc in _sample_chunks(N, K * P * x.itemsize, parallel=False)]
     dw_columns = sum((dw_chunk for dw_chunk, _ in shares), np.zeros((K, F), dtype=x.dtype))
     db = sum((db_chunk for _, db_chunk in shares), np.zeros(F))
     dw = np.ascontiguousarray(dw_columns.T).reshape(w.shape)
