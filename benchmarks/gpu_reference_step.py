@@ -18,7 +18,12 @@ import statistics
 import subprocess
 import sys
 
-from reference_steps import convlab_reference_step, median_time, torch_reference_step
+from reference_steps import (
+    convlab_reference_step,
+    median_time,
+    thread_env,
+    torch_reference_step,
+)
 
 
 def _worker(library, device, batch, reps):
@@ -40,10 +45,7 @@ def _worker(library, device, batch, reps):
 
 
 def _run(library, device, batch, reps, threads):
-    env = dict(os.environ)
-    if device == "cpu":
-        for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
-            env[var] = str(threads)
+    env = thread_env(threads) if device == "cpu" else dict(os.environ)
     out = subprocess.run([sys.executable, __file__, "--worker", library, "--device", device,
                           "--batch", str(batch), "--reps", str(reps)],
                          env=env, capture_output=True, text=True)

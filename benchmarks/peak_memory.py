@@ -7,12 +7,11 @@ resident set (ru_maxrss) over a few steps, after the model and the batch exist.
 
 import argparse
 import json
-import os
 import resource
 import subprocess
 import sys
 
-from reference_steps import convlab_reference_step, torch_reference_step
+from reference_steps import convlab_reference_step, thread_env, torch_reference_step
 
 
 def _peak_mib():
@@ -42,9 +41,7 @@ def main():
         before, after = _steps(args.worker, args.batch, args.threads, args.steps)
         print("RESULT " + json.dumps({"before": before, "after": after}))
         return
-    env = dict(os.environ)
-    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
-        env[var] = str(args.threads)
+    env = thread_env(args.threads)
     print(f"reference net, batch {args.batch}, {args.threads} thread(s): peak RSS growth "
           "over the steps (MiB)")
     for library in ("convlab", "torch"):

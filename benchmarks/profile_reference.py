@@ -12,13 +12,12 @@ its step (loss, Adam, glue) is the step's time minus theirs.
 
 import argparse
 import json
-import os
 import statistics
 import subprocess
 import sys
 import time
 
-from reference_steps import convlab_reference_step, median_time, torch_reference_step
+from reference_steps import convlab_reference_step, median_time, thread_env, torch_reference_step
 
 
 def _convlab(batch, reps):
@@ -56,9 +55,7 @@ def main():
                   else _torch(args.batch, args.reps, args.threads))
         print("RESULT " + json.dumps(result))
         return
-    env = dict(os.environ)
-    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
-        env[var] = str(args.threads)
+    env = thread_env(args.threads)
     env.pop("OMP_WAIT_POLICY", None)
     runs = {"convlab": [], "torch": []}
     for r in range(args.rounds):

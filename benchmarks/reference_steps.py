@@ -4,8 +4,18 @@ shared by the benchmarks that run each library in a process of its own: ConvNet(
 optimiser in PyTorch. Each builder returns (model, step) with step() one training step;
 on device 'cuda' step() waits for the GPU to finish, so wall time measures the work."""
 
+import os
 import statistics
 import time
+
+
+def thread_env(threads):
+    """The environment for a benchmark process of ``threads`` threads: the OpenMP, OpenBLAS
+    and MKL pools read these when they start."""
+    env = dict(os.environ)
+    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+        env[var] = str(threads)
+    return env
 
 
 def median_time(fn, reps, warmup=2):

@@ -133,13 +133,21 @@ def set_num_threads(threads):
     convolutions' chunk workers, and NumPy's BLAS (through threadpoolctl)."""
     threads = check_int(threads, "threads", 1)
     _STATE.requested = threads
-    if _STATE.kernels is not None:
-        _STATE.kernels.set_num_threads(threads if _STATE.parallel_loops else 1)
+    _apply_kernel_threads()
     _blas().limit(limits=threads)  # kept: not a context, the new setting
 
 
+def _apply_kernel_threads():
+    """Give the loaded kernels' OpenMP loops the thread count, or one thread where their
+    wait policy does not allow parallel loops (see the module docstring)."""
+    if _STATE.kernels is not None:
+        _STATE.kernels.set_num_threads(get_num_threads() if _STATE.parallel_loops else 1)
+
+
 def _blas_threads():
-    counts = [info["num_threads"] for info in _blas().info()]
+    """The fewest threads any loaded BLAS is limited to (1 with none). Asked once per
+    convolution, so straight from the controllers rather than through info()."""
+    counts = [lib.get_num_threads() for lib in _blas().lib_controllers]
     return min(counts) if counts else 1
 
 
@@ -218,5 +226,5 @@ def load_kernels():
     passive = user_passive or (started_here and not foreign_runtime)
     _STATE.parallel_loops = _kernels.openmp_enabled() and passive
     _STATE.kernels = _kernels
-    _kernels.set_num_threads(get_num_threads() if _STATE.parallel_loops else 1)
+    _apply_kernel_threads()
     return _kernels

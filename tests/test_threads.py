@@ -74,10 +74,7 @@ def restore_threads():
     yield
     _threads.set_num_threads(blas)
     _threads._STATE.requested = requested
-    if _threads._STATE.kernels is not None:
-        kernels = _threads._STATE.kernels
-        kernels.set_num_threads(_threads.get_num_threads() if _threads._STATE.parallel_loops
-                                else 1)
+    _threads._apply_kernel_threads()
 
 
 @pytest.mark.parametrize("bad, error", [(0, ValueError), (-2, ValueError), (1.5, TypeError),
