@@ -115,6 +115,18 @@ def pool_output_size(H, W, pool_height, pool_width, stride):
     return 1 + (H - pool_height) // stride, 1 + (W - pool_width) // stride
 
 
+def check_affine_operands(x, w, b):
+    """x (N, d1, ..., dk), w (D, M) with D = d1 ... dk, b (M,) as one float dtype
+    (float_operands); ValueError for other shapes."""
+    x, w, b = float_operands(x=x, w=w, b=b)
+    D = int(np.prod(x.shape[1:]))
+    if w.ndim != 2 or w.shape[0] != D:
+        raise ValueError(f"w must have shape ({D}, M) for x of shape {x.shape}, got {w.shape}")
+    if b.shape != (w.shape[1],):
+        raise ValueError(f"b must have shape ({w.shape[1]},), got {b.shape}")
+    return x, w, b
+
+
 def check_conv_operands(x, w, b, conv_param):
     """Validate a convolution's x (N, C, H, W), w (F, C, HH, WW), b (F,) or None and
     conv_param; return x, w, b in their common float dtype and (stride, pad, H', W')."""

@@ -20,16 +20,17 @@ Thread count when parallel: OMP_NUM_THREADS if set, else one per CPU this proces
 ``convlab.set_num_threads(n)`` (and ``convlab-train --threads``) changes it, for the kernels
 and for NumPy's BLAS alike.
 
-The Winograd convolutions' chunks run on threads of their own (map_chunks): each chunk's
-compiled transforms and its GEMMs on one core, with the BLAS held to one thread meanwhile,
-instead of every step handing off between OpenMP's and OpenBLAS's thread pools, whose idle
-threads spin on the cores the other needs (their small chunks made that hand-off the cost;
-conv fwd+bwd at 2 threads 104 -> 80 ms). The im2col convolutions keep multithreaded GEMMs on
-few large chunks, which measured faster for them (ThreeLayerConvNet step, 2 threads: 49
-against 57 ms on workers). Those worker threads are plain Python threads (NumPy and the
-kernels release the GIL), so they scale whatever OpenMP runtime is loaded. The limits of
-threadpoolctl are honoured: the workers never outnumber the threads the BLAS is limited to,
-and the kernels' OpenMP loops stay within omp_get_max_threads().
+Convolutions and the affine layers of the models run their chunks on threads of their own
+(map_chunks, matmul): each chunk's compiled kernels and its GEMMs on one core, with the
+BLAS held to one thread meanwhile. OpenBLAS's own threads then never wake inside a
+training step. When they do, they spin for a while after each call (about 2^28 cycles by
+default, set only by OPENBLAS_THREAD_TIMEOUT before NumPy loads) on the cores the next
+layer's workers need: with the first convolution and the affine layer on multithreaded
+GEMMs, a reference-net step at 2 threads took as long as at 1. Those worker threads are
+plain Python threads (NumPy and the kernels release the GIL), so they scale whatever
+OpenMP runtime is loaded. The limits of threadpoolctl are honoured: the workers never
+outnumber the threads the BLAS is limited to, and the kernels' OpenMP loops stay within
+omp_get_max_threads().
 """
 
 import ctypes
@@ -37,6 +38,8 @@ import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
+
+import numpy as np
 
 from convlab._checks import check_int
 
@@ -195,9 +198,13 @@ def map_chunks(fn, chunks):
     if workers == 1:
         return [fn(n0, nc, 0) for n0, nc in chunks]
     pool = _pool(workers)
+    # NumPy's floating-point error handling is per thread: the caller's (np.errstate) is
+    # carried to the workers, so an overflow warns, raises or passes as it would here.
+    errors = np.geterr()
 
     def run(group):
-        return [fn(n0, nc, 1) for n0, nc in group]
+        with np.errstate(**errors):
+            return [fn(n0, nc, 1) for n0, nc in group]
 
     with _single_threaded_blas():
         futures = [pool.submit(run, chunks[i::workers]) for i in range(workers)]
@@ -206,6 +213,20 @@ def map_chunks(fn, chunks):
     for i, group in enumerate(grouped):
         results[i::workers] = group
     return results
+
+
+def matmul(a, b):
+    """a @ b for a (M, K), b (K, N): the rows of a split among the chunk workers, so the
+    models' affine layers never wake OpenBLAS's own threads (see the module docstring)."""
+    out = np.empty((a.shape[0], b.shape[1]), dtype=np.result_type(a, b))
+    rows = a.shape[0]
+    per_worker = max(1, -(-rows // get_num_threads()))
+
+    def chunk(r0, count, threads):
+        np.matmul(a[r0:r0 + count], b, out=out[r0:r0 + count])
+
+    map_chunks(chunk, [(r0, min(per_worker, rows - r0)) for r0 in range(0, rows, per_worker)])
+    return out
 
 
 def load_kernels():
@@ -228,3 +249,4 @@ def load_kernels():
     _STATE.kernels = _kernels
     _apply_kernel_threads()
     return _kernels
+

@@ -5,10 +5,11 @@ Every public function has the contract of its naive counterpart in ``convlab.lay
 x ``(N, C, H, W)``, w ``(F, C, HH, WW)``, b ``(F,)`` or None, out ``(N, F, H', W')`` with
 ``H' = 1 + (H + 2 pad - HH) // stride``; float32 stays float32, float64 stays float64.
 
-The fast convolution works on a few large chunks of samples (see _CHUNK_BYTES): their
-columns, in the kernels' sample-major layout, go to scratch buffers reused across chunks
-and calls (no page faults from fresh 40 MB allocations), and the backward pass recomputes
-the columns from x instead of keeping them alive in the cache.
+The fast convolution works on chunks of samples (see _CHUNK_BYTES), spread over the chunk
+workers (convlab._threads): their columns, in the kernels' sample-major layout, go to
+scratch buffers reused across chunks and calls (no page faults from fresh allocations),
+and the backward pass recomputes the columns from x instead of keeping them alive in the
+cache. The affine layers' GEMMs are split over the same workers.
 
 On GPU arrays (CuPy) the layers of the models -- conv_*_fast, max/avg_pool_*_fast,
 global_avg_pool_*_fast and the spatial batchnorm (+relu) -- run convlab.gather_layers and
@@ -22,6 +23,7 @@ import numpy as np
 
 from convlab._checks import (
     as_float_array,
+    check_affine_operands,
     check_conv_operands,
     check_dout,
     check_int,
@@ -32,7 +34,8 @@ from convlab._checks import (
     pool_output_size,
     require_train_cache,
 )
-from convlab._threads import get_num_threads, load_kernels, map_chunks
+from convlab._heap import keep_freed_memory
+from convlab._threads import get_num_threads, load_kernels, map_chunks, matmul
 from convlab.backend import is_host
 from convlab.gather_layers import (
     avg_pool_backward_gather,
@@ -43,6 +46,8 @@ from convlab.gather_layers import (
     max_pool_forward_gather,
 )
 from convlab.layers import (
+    affine_backward,
+    affine_forward,
     batchnorm_running_stats,
     global_avg_pool_backward,
     global_avg_pool_forward,
@@ -53,10 +58,13 @@ from convlab.layers import (
 )
 
 _kernels = load_kernels()
+keep_freed_memory()
 
 __all__ = [
     "im2col_cython",
     "col2im_cython",
+    "affine_forward_fast",
+    "affine_backward_fast",
     "conv_forward_fast",
     "conv_backward_fast",
     "conv_forward_im2col",
@@ -79,11 +87,12 @@ __all__ = [
     "spatial_batchnorm_relu_backward_fast",
 ]
 
-# Column chunks are at most about this size. Chunks bound the scratch memory (the columns of
-# a CIFAR batch through a 7x7 filter take 38 MB in float32) and keep a chunk's columns in the
-# 32 MB L3 from im2col to GEMM to col2im; but each multithreaded OpenBLAS call costs a thread
-# hand-off that is expensive on a busy machine, so chunks are kept few and large.
-_CHUNK_BYTES = 24 << 20
+# im2col's column chunks are at most about this size (divided among the threads, see
+# _sample_chunks). Chunks bound the scratch memory (the columns of a CIFAR batch through a
+# 7x7 filter take 38 MB in float32) and keep a chunk's columns in cache from im2col to GEMM
+# to col2im: a 7x7 convolution's forward+backward took 41 ms at 4-8 MB against 60 ms at
+# 24 MB (batch 64, one core).
+_CHUNK_BYTES = 4 << 20
 
 # 3x3 stride-1 convolutions with at least this many input channels go through Winograd
 # F(2x2, 3x3): 16 GEMMs (F, C) @ (C, tiles) do the work of im2col's (F, 9 C) @ (9 C, H' W')
@@ -146,14 +155,13 @@ def _scratch(name, shape, dtype):
     return buffer[:size].reshape(shape)
 
 
-def _sample_chunks(N, bytes_per_sample, chunk_bytes=None, parallel=True):
+def _sample_chunks(N, bytes_per_sample, chunk_bytes=None):
     """(first sample, sample count) pairs of roughly equal chunks of about chunk_bytes
-    (default _CHUNK_BYTES); for chunks run on the workers (``parallel``) that divided by
-    the thread count, and at least as many chunks as threads (when there are that many
-    samples)."""
+    (default _CHUNK_BYTES) divided by the thread count, and at least as many chunks as
+    threads (when there are that many samples): the chunk workers' share."""
     if N == 0:
         return []
-    threads = get_num_threads() if parallel else 1
+    threads = get_num_threads()
     # Chunks in flight at once share the caches: each gets its share of the budget.
     chunk_bytes = (_CHUNK_BYTES if chunk_bytes is None else chunk_bytes) // threads
     per_chunk = max(1, min(N, chunk_bytes // max(1, bytes_per_sample), -(-N // threads)))
@@ -195,6 +203,32 @@ def col2im_cython(cols, N, C, H, W, field_height, field_width, padding, stride):
     dx = np.zeros((N, C, H, W), dtype=cols.dtype)
     _kernels.col2im_cs231n(np.ascontiguousarray(cols), dx, fh, fw, pad, stride, Ho, Wo)
     return dx
+
+
+# ============================================================================= affine
+
+
+def affine_forward_fast(x, w, b):
+    """affine_forward (out = x.reshape(N, D) @ w + b, cache (x, w)) with its GEMM split
+    among the chunk workers (see convlab._threads.matmul)."""
+    if not is_host(x):
+        return affine_forward(x, w, b)
+    x, w, b = check_affine_operands(x, w, b)
+    out = matmul(x.reshape(x.shape[0], w.shape[0]), w)  # (N, M)
+    out += b
+    return out, (x, w)
+
+
+def affine_backward_fast(dout, cache):
+    """affine_backward: dout (N, M) -> dx (x's shape), dw (D, M), db (M,)."""
+    x, w = cache
+    if not is_host(dout):
+        return affine_backward(dout, cache)
+    dout = check_dout(dout, (x.shape[0], w.shape[1]))
+    x_rows = x.reshape(x.shape[0], w.shape[0])  # (N, D)
+    dx = matmul(dout, w.T).reshape(x.shape)
+    dw = matmul(x_rows.T, dout)
+    return dx, dw, dout.sum(axis=0)
 
 
 # ======================================================================== convolution
@@ -329,8 +363,7 @@ def conv_forward_fast(x, w, b, conv_param):
         np.matmul(w_rows, cols, out=product)
         _kernels.rows_to_samples(product, bias, out_rows[n0:n0 + nc], threads)
 
-    for n0, nc in _sample_chunks(N, K * P * x.itemsize, parallel=False):
-        chunk(n0, nc, 0)
+    map_chunks(chunk, _sample_chunks(N, K * P * x.itemsize))
     return out, (x, w, b is not None, stride, pad)
 
 
@@ -372,8 +405,7 @@ def conv_backward_fast(dout, cache, need_dx=True):
         return dw_chunk, db_chunk
 
     # The chunks' shares summed in chunk order: the same result on any number of threads.
-    shares = [chunk(n0, nc, 0)
-              for n0, nc in _sample_chunks(N, K * P * x.itemsize, parallel=False)]
+    shares = map_chunks(chunk, _sample_chunks(N, K * P * x.itemsize))
     dw_columns = sum((dw_chunk for dw_chunk, _ in shares), np.zeros((K, F), dtype=x.dtype))
     db = sum((db_chunk for _, db_chunk in shares), np.zeros(F))
     dw = np.ascontiguousarray(dw_columns.T).reshape(w.shape)

@@ -1,12 +1,14 @@
 """Sandwich layers: common sequences of layers with one forward and one backward each.
 
-Convolutions and pooling go through the compiled fast path (convlab.fast_layers). As
+Affine layers, convolutions and pooling go through the fast paths (convlab.fast_layers). As
 cs231n's layer_utils.py, this module star-imports the layers and the fast layers, so
 ``from convlab.layer_utils import *`` brings them too.
 """
 
 from convlab.fast_layers import *  # noqa: F403
 from convlab.fast_layers import (
+    affine_backward_fast,
+    affine_forward_fast,
     conv_backward_fast,
     conv_forward_fast,
     max_pool_backward_fast,
@@ -14,8 +16,6 @@ from convlab.fast_layers import (
 )
 from convlab.layers import *  # noqa: F403
 from convlab.layers import (
-    affine_backward,
-    affine_forward,
     batchnorm_backward_alt,
     batchnorm_forward,
     layernorm_backward,
@@ -29,7 +29,7 @@ from convlab.layers import (
 
 def affine_relu_forward(x, w, b):
     """affine -> relu. x: (N, d1, ..., dk), w: (D, M), b: (M,). Returns out (N, M), cache."""
-    a, fc_cache = affine_forward(x, w, b)
+    a, fc_cache = affine_forward_fast(x, w, b)
     out, relu_cache = relu_forward(a)
     return out, (fc_cache, relu_cache)
 
@@ -37,7 +37,7 @@ def affine_relu_forward(x, w, b):
 def affine_relu_backward(dout, cache):
     """Returns dx, dw, db."""
     fc_cache, relu_cache = cache
-    return affine_backward(relu_backward(dout, relu_cache), fc_cache)
+    return affine_backward_fast(relu_backward(dout, relu_cache), fc_cache)
 
 
 def affine_norm_relu_forward(x, w, b, gamma, beta, norm_param, normalization):
@@ -45,7 +45,7 @@ def affine_norm_relu_forward(x, w, b, gamma, beta, norm_param, normalization):
     norm_forward = {"batchnorm": batchnorm_forward, "layernorm": layernorm_forward}
     if normalization not in norm_forward:
         raise ValueError(f"normalization must be 'batchnorm' or 'layernorm', got {normalization!r}")
-    a, fc_cache = affine_forward(x, w, b)
+    a, fc_cache = affine_forward_fast(x, w, b)
     an, norm_cache = norm_forward[normalization](a, gamma, beta, norm_param)
     out, relu_cache = relu_forward(an)
     return out, (fc_cache, norm_cache, relu_cache, normalization)
@@ -57,7 +57,7 @@ def affine_norm_relu_backward(dout, cache):
     norm_backward = batchnorm_backward_alt if normalization == "batchnorm" else layernorm_backward
     dan = relu_backward(dout, relu_cache)
     da, dgamma, dbeta = norm_backward(dan, norm_cache)
-    dx, dw, db = affine_backward(da, fc_cache)
+    dx, dw, db = affine_backward_fast(da, fc_cache)
     return dx, dw, db, dgamma, dbeta
 
 

@@ -14,6 +14,7 @@ import numpy as np
 
 from convlab._checks import (
     as_float_array,
+    check_affine_operands,
     check_conv_operands,
     check_dout,
     check_int,
@@ -21,7 +22,6 @@ from convlab._checks import (
     check_labels,
     check_nonempty_batch,
     check_pool_input,
-    float_operands,
     norm_operands,
     pool_output_size,
     require_train_cache,
@@ -38,14 +38,8 @@ def affine_forward(x, w, b):
     x: (N, d1, ..., dk) with D = d1 * ... * dk; w: (D, M); b: (M,).
     Returns out (N, M) and cache (x, w).
     """
-    x, w, b = float_operands(x=x, w=w, b=b)
-    N = x.shape[0]
-    D = int(np.prod(x.shape[1:]))
-    if w.ndim != 2 or w.shape[0] != D:
-        raise ValueError(f"w must have shape ({D}, M) for x of shape {x.shape}, got {w.shape}")
-    if b.shape != (w.shape[1],):
-        raise ValueError(f"b must have shape ({w.shape[1]},), got {b.shape}")
-    out = x.reshape(N, D) @ w + b
+    x, w, b = check_affine_operands(x, w, b)
+    out = x.reshape(x.shape[0], w.shape[0]) @ w + b
     return out, (x, w)
 
 
@@ -53,7 +47,7 @@ def affine_backward(dout, cache):
     """dout: (N, M). Returns dx (x's shape), dw (D, M), db (M,)."""
     x, w = cache
     dout = check_dout(dout, (x.shape[0], w.shape[1]))
-    x_flat = x.reshape(x.shape[0], -1)  # (N, D)
+    x_flat = x.reshape(x.shape[0], w.shape[0])  # (N, D)
     dx = (dout @ w.T).reshape(x.shape)
     dw = x_flat.T @ dout
     db = dout.sum(axis=0)

@@ -10,7 +10,10 @@ from hypothesis import strategies as st
 
 from convlab import fast_layers as fl
 from convlab.gradient_check import eval_numerical_gradient_array, rel_error
+from convlab import _threads
 from convlab.layers import (
+    affine_backward,
+    affine_forward,
     avg_pool_backward_naive,
     avg_pool_forward_naive,
     conv_backward_naive,
@@ -112,6 +115,52 @@ def conv_inputs(rng, geometry, dtype=np.float64):
     w = rng.standard_normal((F, C, HH, WW)).astype(dtype)
     b = rng.standard_normal(F).astype(dtype)
     return x, w, b, {"stride": stride, "pad": pad}
+
+
+# ------------------------------------------------------------------------- affine
+
+
+@pytest.fixture(params=[1, 2], ids=["1 thread", "2 threads"])
+def threads(request):
+    """Run the test at this thread count (the chunk workers split the GEMMs at 2)."""
+    before = _threads._STATE.requested
+    blas = _threads._blas_threads()
+    _threads.set_num_threads(request.param)
+    yield request.param
+    _threads.set_num_threads(blas)
+    _threads._STATE.requested = before
+    _threads._apply_kernel_threads()
+
+
+@pytest.mark.parametrize("x_shape, M", [((7, 3, 5), 6), ((1, 4), 3), ((2, 9), 1), ((0, 5), 4),
+                                        ((33, 2, 2, 2), 17)])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_affine_fast_matches_the_readable_layer(rng, threads, x_shape, M, dtype):
+    D = int(np.prod(x_shape[1:]))
+    x = rng.standard_normal(x_shape).astype(dtype)
+    w = rng.standard_normal((D, M)).astype(dtype)
+    b = rng.standard_normal(M).astype(dtype)
+    out, cache = fl.affine_forward_fast(x, w, b)
+    ref, ref_cache = affine_forward(x, w, b)
+    dout = rng.standard_normal(out.shape).astype(dtype)
+    tol = 1e-5 if dtype == np.float32 else 1e-10
+    for got, want in zip((out, *fl.affine_backward_fast(dout, cache)),
+                         (ref, *affine_backward(dout, ref_cache)), strict=True):
+        assert got.dtype == dtype and got.shape == want.shape
+        np.testing.assert_allclose(got, want, rtol=tol, atol=tol)
+
+
+def test_affine_fast_gradients_numerically(rng, threads):
+    inputs = (rng.standard_normal((5, 2, 3)), rng.standard_normal((6, 4)), rng.standard_normal(4))
+    check_layer_gradients(fl.affine_forward_fast, fl.affine_backward_fast, inputs, rng)
+
+
+@pytest.mark.parametrize("w_shape, b_shape, match", [((7, 4), (4,), r"w must have shape \(6, M\)"),
+                                                     ((6, 4), (3,), r"b must have shape \(4,\)")])
+def test_affine_fast_rejects_mismatched_shapes(rng, w_shape, b_shape, match):
+    with pytest.raises(ValueError, match=match):
+        fl.affine_forward_fast(rng.standard_normal((2, 3, 2)), rng.standard_normal(w_shape),
+                               rng.standard_normal(b_shape))
 
 
 # ------------------------------------------------------------------------- im2col

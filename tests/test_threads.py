@@ -3,6 +3,7 @@ to the process environment, single-threaded under a foreign busy-waiting OpenMP 
 
 import json
 import os
+import platform
 import subprocess
 import sys
 
@@ -130,6 +131,39 @@ def test_map_chunks_keeps_chunk_order_and_restores_the_blas(restore_threads):
     assert _threads._blas_threads() == 2
 
 
+@pytest.mark.parametrize("threads", [1, 2, 3])
+@pytest.mark.parametrize("a_shape, b_shape, transposed", [
+    ((64, 30), (30, 10), False), ((1, 8), (8, 5), False), ((2, 3), (3, 4), False),
+    ((0, 4), (4, 3), False), ((12, 40), (12, 7), True)])
+def test_matmul_on_the_workers_equals_numpy(restore_threads, threads, a_shape, b_shape,
+                                            transposed):
+    import numpy as np
+
+    _threads.set_num_threads(threads)
+    rng = np.random.default_rng(threads)
+    a = rng.standard_normal(a_shape)
+    a = a.T if transposed else a  # a strided view, as dw = x.T @ dout passes
+    b = rng.standard_normal(b_shape)
+    np.testing.assert_allclose(_threads.matmul(a, b), a @ b, rtol=1e-12, atol=1e-12)
+    assert _threads.matmul(a.astype(np.float32), b.astype(np.float32)).dtype == np.float32
+
+
+def test_workers_handle_floating_point_errors_as_the_caller_asked(restore_threads):
+    import warnings
+
+    import numpy as np
+
+    _threads.set_num_threads(2)
+    a, b = np.full((8, 2), 1e300), np.full((2, 3), 1e300)  # every product overflows
+    with np.errstate(over="raise"), pytest.raises(FloatingPointError, match="overflow"):
+        _threads.matmul(a, b)
+    with np.errstate(all="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert np.isinf(_threads.matmul(a, b)).all()
+    with np.errstate(over="warn"), pytest.warns(RuntimeWarning, match="overflow"):
+        _threads.matmul(a, b)
+
+
 def test_convolutions_do_not_depend_on_the_thread_count(restore_threads):
     """Chunk workers change who computes a chunk, not what: the same results on 1 and 2
     threads (to float32 round-off: the chunks, and so the BLAS kernels picked for their
@@ -169,3 +203,33 @@ def test_cli_threads_option(tmp_path):
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [
         "convlab-train: error: threads must be an integer >= 1, got 0"]
+
+
+# ------------------------------------------------------------------------------- heap
+
+HEAP_PROBE = """
+import sys
+import numpy as np
+if sys.argv[1] == "convlab":
+    import convlab.fast_layers
+a = np.ones(20 << 20, dtype=np.uint8)  # 20 MB: above glibc's own threshold, below 32 MB
+with open("/proc/self/maps") as maps:
+    heap = [line.split()[0] for line in maps if line.rstrip().endswith("[heap]")]
+start, end = (int(v, 16) for v in heap[0].split("-")) if heap else (0, 0)
+print(start <= a.ctypes.data < end)
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux") or platform.libc_ver()[0] != "glibc",
+                    reason="the heap policy is glibc's mallopt")
+@pytest.mark.parametrize("first, env, in_heap", [
+    ("numpy", {}, False),          # glibc alone maps a fresh 20 MB block of its own
+    ("convlab", {}, True),         # convlab keeps blocks up to 32 MB in the heap
+    ("convlab", {"MALLOC_TOP_PAD_": "131072"}, False),  # the user's malloc settings win
+])
+def test_freed_memory_stays_in_the_heap(first, env, in_heap):
+    environment = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}
+    environment.update(env)
+    out = subprocess.run([sys.executable, "-c", HEAP_PROBE, first], env=environment,
+                         capture_output=True, text=True, check=True).stdout
+    assert out.split() == [str(in_heap)]

@@ -12,13 +12,15 @@ from convlab.classifiers.base import Classifier, init_std
 from convlab.fast_layers import *  # noqa: F403
 from convlab.layer_utils import *  # noqa: F403
 from convlab.layer_utils import (
+    affine_backward_fast,
+    affine_forward_fast,
     affine_relu_backward,
     affine_relu_forward,
     conv_relu_pool_backward,
     conv_relu_pool_forward,
 )
 from convlab.layers import *  # noqa: F403
-from convlab.layers import affine_backward, affine_forward, softmax_loss
+from convlab.layers import softmax_loss
 
 
 class ThreeLayerConvNet(Classifier):
@@ -88,13 +90,13 @@ class ThreeLayerConvNet(Classifier):
             X, p["W1"], p["b1"], self.conv_param, self.pool_param
         )
         hidden, hidden_cache = affine_relu_forward(pooled, p["W2"], p["b2"])
-        scores, scores_cache = affine_forward(hidden, p["W3"], p["b3"])
+        scores, scores_cache = affine_forward_fast(hidden, p["W3"], p["b3"])
         if y is None:
             return scores
 
         loss, dscores = softmax_loss(scores, y)
         grads = {}
-        dhidden, grads["W3"], grads["b3"] = affine_backward(dscores, scores_cache)
+        dhidden, grads["W3"], grads["b3"] = affine_backward_fast(dscores, scores_cache)
         dpooled, grads["W2"], grads["b2"] = affine_relu_backward(dhidden, hidden_cache)
         _, grads["W1"], grads["b1"] = conv_relu_pool_backward(dpooled, pool_cache, need_dx=False)
         loss += self._l2(("W1", "W2", "W3"), grads)

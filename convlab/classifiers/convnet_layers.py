@@ -23,6 +23,8 @@ import numpy as np
 from convlab._checks import check_int, check_keep_probability, conv_output_size, pool_output_size
 from convlab.classifiers.base import init_std
 from convlab.fast_layers import (
+    affine_backward_fast,
+    affine_forward_fast,
     avg_pool_backward_fast,
     avg_pool_forward_fast,
     conv_backward_fast,
@@ -37,8 +39,6 @@ from convlab.fast_layers import (
     spatial_batchnorm_relu_forward_fast,
 )
 from convlab.layers import (
-    affine_backward,
-    affine_forward,
     batchnorm_backward_alt,
     batchnorm_forward,
     dropout_backward,
@@ -283,11 +283,11 @@ def _build_fc(builder, layer, args, shape):
 
 
 def _fc_forward(layer, x, p):
-    return affine_forward(x, p[layer.key("W")], p[layer.key("b")])
+    return affine_forward_fast(x, p[layer.key("W")], p[layer.key("b")])
 
 
 def _fc_backward(layer, dout, cache, grads):
-    dx, grads[layer.key("W")], grads[layer.key("b")] = affine_backward(dout, cache)
+    dx, grads[layer.key("W")], grads[layer.key("b")] = affine_backward_fast(dout, cache)
     return dx
 
 

@@ -13,6 +13,8 @@ from convlab._course_random import CourseRandom
 from convlab.classifiers.base import Classifier, init_std
 from convlab.layer_utils import *  # noqa: F403
 from convlab.layer_utils import (
+    affine_backward_fast,
+    affine_forward_fast,
     affine_norm_relu_backward,
     affine_norm_relu_forward,
     affine_relu_backward,
@@ -20,8 +22,6 @@ from convlab.layer_utils import (
 )
 from convlab.layers import *  # noqa: F403
 from convlab.layers import (
-    affine_backward,
-    affine_forward,
     dropout_backward,
     dropout_forward,
     softmax_loss,
@@ -78,13 +78,13 @@ class TwoLayerNet(Classifier):
         X, y = self._check_batch(X, y)
         p = self.params
         hidden, hidden_cache = affine_relu_forward(X, p["W1"], p["b1"])
-        scores, scores_cache = affine_forward(hidden, p["W2"], p["b2"])
+        scores, scores_cache = affine_forward_fast(hidden, p["W2"], p["b2"])
         if y is None:
             return scores
 
         loss, dscores = softmax_loss(scores, y)
         grads = {}
-        dhidden, grads["W2"], grads["b2"] = affine_backward(dscores, scores_cache)
+        dhidden, grads["W2"], grads["b2"] = affine_backward_fast(dscores, scores_cache)
         _, grads["W1"], grads["b1"] = affine_relu_backward(dhidden, hidden_cache)
         loss += self._l2(("W1", "W2"), grads)
         return loss, grads
@@ -213,13 +213,13 @@ class FullyConnectedNet(Classifier):
                 h, dropout_cache = dropout_forward(h, self.dropout_param)
             caches.append((cache, dropout_cache))
         L = self.num_layers
-        scores, scores_cache = affine_forward(h, p[f"W{L}"], p[f"b{L}"])
+        scores, scores_cache = affine_forward_fast(h, p[f"W{L}"], p[f"b{L}"])
         if y is None:
             return scores
 
         loss, dscores = softmax_loss(scores, y)
         grads = {}
-        dh, grads[f"W{L}"], grads[f"b{L}"] = affine_backward(dscores, scores_cache)
+        dh, grads[f"W{L}"], grads[f"b{L}"] = affine_backward_fast(dscores, scores_cache)
         for i in range(L - 1, 0, -1):
             cache, dropout_cache = caches[i - 1]
             if self.use_dropout:
