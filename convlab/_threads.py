@@ -191,27 +191,47 @@ def _pool(workers):
 def map_chunks(fn, chunks):
     """[fn(n0, nc, threads) for (n0, nc) in chunks], in chunk order. With one worker (see
     chunk_workers) the calls run here with threads=0 (the kernels' own team size) and the
-    BLAS as it is; with more, each worker runs every workers-th chunk with threads=1 while
-    the BLAS is held to one thread, so each chunk computes on one core. fn must write only
-    to its own chunk's part of any shared output."""
+    BLAS as it is; with more, this thread and workers - 1 pool threads each take the next
+    chunk not yet taken and run it with threads=1 while the BLAS is held to one thread, so
+    each chunk computes on one core. Taking chunks as they come, not a fixed share each,
+    keeps both cores busy when one is slowed (by the machine's other work, or a chunk that
+    is slower than the rest). fn must write only to its own chunk's part of any shared
+    output; its result goes to its chunk's place whichever thread ran it."""
     workers = chunk_workers(len(chunks))
     if workers == 1:
         return [fn(n0, nc, 0) for n0, nc in chunks]
-    pool = _pool(workers)
+    pool = _pool(workers - 1)
     # NumPy's floating-point error handling is per thread: the caller's (np.errstate) is
     # carried to the workers, so an overflow warns, raises or passes as it would here.
     errors = np.geterr()
+    results = [None] * len(chunks)
+    taken = iter(range(len(chunks)))
+    taking = threading.Lock()
 
-    def run(group):
+    def run():
         with np.errstate(**errors):
-            return [fn(n0, nc, 1) for n0, nc in group]
+            while True:
+                with taking:
+                    i = next(taken, None)
+                if i is None:
+                    return
+                try:
+                    results[i] = fn(*chunks[i], 1)
+                except BaseException:
+                    with taking:  # the others take no new chunk
+                        for _ in taken:
+                            pass
+                    raise
 
     with _single_threaded_blas():
-        futures = [pool.submit(run, chunks[i::workers]) for i in range(workers)]
-        grouped = [future.result() for future in futures]
-    results = [None] * len(chunks)
-    for i, group in enumerate(grouped):
-        results[i::workers] = group
+        futures = [pool.submit(run) for _ in range(workers - 1)]
+        try:
+            run()
+        finally:
+            for future in futures:  # all finish before the BLAS limit is restored
+                future.exception()
+        for future in futures:
+            future.result()  # a worker's exception, raised here
     return results
 
 
