@@ -236,16 +236,23 @@ def map_chunks(fn, chunks):
 
 
 def matmul(a, b):
-    """a @ b for a (M, K), b (K, N): the rows of a split among the chunk workers, so the
-    models' affine layers never wake OpenBLAS's own threads (see the module docstring)."""
-    out = np.empty((a.shape[0], b.shape[1]), dtype=np.result_type(a, b))
-    rows = a.shape[0]
-    per_worker = max(1, -(-rows // get_num_threads()))
+    """a @ b for a (M, K), b (K, N), split among the chunk workers along the longer side of
+    the output (rows of a, or columns of b: then each worker reads only its part of the
+    larger operand, as in an affine layer's (N, M) forward or its (N, D) dx), so the models'
+    affine layers never wake OpenBLAS's own threads (see the module docstring)."""
+    M, N = a.shape[0], b.shape[1]
+    out = np.empty((M, N), dtype=np.result_type(a, b))
+    length = max(M, N)
+    per_worker = max(1, -(-length // get_num_threads()))
 
-    def chunk(r0, count, threads):
+    def rows(r0, count, threads):
         np.matmul(a[r0:r0 + count], b, out=out[r0:r0 + count])
 
-    map_chunks(chunk, [(r0, min(per_worker, rows - r0)) for r0 in range(0, rows, per_worker)])
+    def columns(c0, count, threads):
+        np.matmul(a, b[:, c0:c0 + count], out=out[:, c0:c0 + count])
+
+    map_chunks(rows if M >= N else columns,
+               [(i0, min(per_worker, length - i0)) for i0 in range(0, length, per_worker)])
     return out
 
 
