@@ -147,8 +147,13 @@ def check_pool_input(x, pool_param):
     """Validate a pooling layer's x (N, C, H, W) and pool_param; return x as a float array
     and (pool_height, pool_width, stride, H', W')."""
     x = as_float_array(x, "x", ndim=4)
+    return x, pool_geometry(x.shape[2], x.shape[3], pool_param)
+
+
+def pool_geometry(H, W, pool_param):
+    """(pool_height, pool_width, stride, H', W') of pool_param over an H x W input."""
     ph, pw, stride = pool_param["pool_height"], pool_param["pool_width"], pool_param["stride"]
-    return x, (ph, pw, stride, *pool_output_size(x.shape[2], x.shape[3], ph, pw, stride))
+    return ph, pw, stride, *pool_output_size(H, W, ph, pw, stride)
 
 
 def check_count(name, value, allow_zero=True):

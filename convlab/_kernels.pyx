@@ -300,7 +300,7 @@ cdef inline Py_ssize_t _first_nan(const floating[:, ::1] plane, Py_ssize_t h0, P
 
 
 def max_pool_planes(const floating[:, :, ::1] x, floating[:, :, ::1] out,
-                     int[:, :, ::1] argmax, int ph, int pw, int stride):
+                     int[:, :, ::1] argmax, int ph, int pw, int stride, int threads=0):
     """out = window maxima of each (H, W) plane; argmax = flat index h W + w of the first max.
 
     As np.argmax in the naive layer: the first maximum wins (strict '>'), and the first NaN
@@ -314,7 +314,7 @@ def max_pool_planes(const floating[:, :, ::1] x, floating[:, :, ::1] out,
     cdef floating best, v, total
     cdef Py_ssize_t nan_at
     with nogil:
-        for t in prange(planes, schedule="static", num_threads=_threads()):
+        for t in prange(planes, schedule="static", num_threads=_threads(threads)):
             for yo in range(Ho):
                 h0 = yo * stride
                 for xo in range(Wo):

@@ -31,6 +31,7 @@ from convlab._checks import (
     check_pool_input,
     conv_output_size,
     norm_operands,
+    pool_geometry,
     pool_output_size,
     require_train_cache,
 )
@@ -67,6 +68,7 @@ __all__ = [
     "affine_backward_fast",
     "conv_forward_fast",
     "conv_backward_fast",
+    "conv_max_pool_forward_fast",
     "conv_forward_im2col",
     "conv_backward_im2col",
     "conv_forward_strides",
@@ -284,10 +286,11 @@ def _winograd_filters(w):
     return np.ascontiguousarray(U.transpose(1, 0, 2, 3)).reshape(16, F, C)
 
 
-def _conv_forward_winograd(x, w, bias, pad, out):
-    """out (N, F, H', W') = the 3x3 stride-1 convolution of x, by Winograd F(2x2, 3x3)."""
+def _conv_forward_winograd(x, w, bias, pad, sink):
+    """The 3x3 stride-1 convolution of x by Winograd F(2x2, 3x3), chunk by chunk into sink
+    (see _ConvOutput)."""
     N, C = x.shape[:2]
-    F, Ho, Wo = out.shape[1:]
+    F, Ho, Wo = sink.shape[1:]
     th, tw = _winograd_tiles(Ho, Wo)
     T = th * tw
     U = _winograd_filters(w)
@@ -297,7 +300,9 @@ def _conv_forward_winograd(x, w, bias, pad, out):
         _kernels.winograd_input_transform(x, V, n0, pad, th, tw, threads)
         M = _winograd_scratch("winograd_M", F, nc * T, x.dtype)
         np.matmul(U, V, out=M)  # 16 GEMMs (F, C) @ (C, nc T)
-        _kernels.winograd_output_transform(M, bias, out, n0, th, tw, threads)
+        out = sink.chunk(n0, nc)
+        _kernels.winograd_output_transform(M, bias, out, 0, th, tw, threads)
+        sink.done(n0, nc, out, threads)
 
     map_chunks(chunk, _sample_chunks(N, 16 * (C + F) * T * x.itemsize, _WINOGRAD_CHUNK_BYTES))
 
@@ -337,34 +342,89 @@ def _conv_backward_winograd(x, w, dout, pad, dx):
     return np.ascontiguousarray(dw.transpose(2, 3, 1, 0)), bias_parts.sum(axis=0)
 
 
-def conv_forward_fast(x, w, b, conv_param):
-    """Convolution by chunked im2col + GEMM. Contract of conv_forward_naive; b may be None.
+class _ConvOutput:
+    """Where the fast convolution's chunks go: straight into out (N, F, H', W'), or, with
+    pooling, into a scratch chunk that is max-pooled into pooled/argmax while it is still
+    in cache, so the convolution's full output is never written."""
 
-    x: (N, C, H, W), w: (F, C, HH, WW), b: (F,) or None. Returns out (N, F, H', W'), cache.
-    """
-    if not is_host(x):
-        return conv_forward_gather(x, w, b, conv_param)
+    def __init__(self, shape, dtype, pool=None):
+        self.shape, self.dtype, self.pool = shape, dtype, pool
+        self.out = np.empty(shape, dtype=dtype) if pool is None else None
+        if pool is not None:
+            N, F = shape[:2]
+            ph, pw, stride, Hp, Wp = pool
+            self.pooled = np.empty((N, F, Hp, Wp), dtype=dtype)
+            self.argmax = np.empty((N, F, Hp, Wp), dtype=np.intc)
+
+    def chunk(self, n0, nc):
+        """The (nc, F, H', W') array that samples n0 .. n0 + nc of the output go to."""
+        if self.pool is None:
+            return self.out[n0:n0 + nc]
+        return _scratch("conv_output", (nc, *self.shape[1:]), self.dtype)
+
+    def done(self, n0, nc, out, threads):
+        if self.pool is None:
+            return
+        F, Ho, Wo = self.shape[1:]
+        ph, pw, stride, Hp, Wp = self.pool
+        _kernels.max_pool_planes(out.reshape(nc * F, Ho, Wo),
+                                 self.pooled[n0:n0 + nc].reshape(nc * F, Hp, Wp),
+                                 self.argmax[n0:n0 + nc].reshape(nc * F, Hp, Wp),
+                                 ph, pw, stride, threads)
+
+
+def _conv_forward(x, w, b, conv_param, pool_param=None):
+    """The host fast convolution into a _ConvOutput (pooled when pool_param is given);
+    returns it and the convolution's cache."""
     x, w, b, (stride, pad, Ho, Wo) = _conv_operands(x, w, b, conv_param)
     N = x.shape[0]
     F, C, HH, WW = w.shape
+    pool = None if pool_param is None else pool_geometry(Ho, Wo, pool_param)
+    sink = _ConvOutput((N, F, Ho, Wo), x.dtype, pool)
+    cache = (x, w, b is not None, stride, pad)
+    bias = b if b is not None else np.zeros(F, dtype=x.dtype)
+    if _uses_winograd(w, stride):
+        _conv_forward_winograd(x, w, bias, pad, sink)
+        return sink, cache
     P, K = Ho * Wo, C * HH * WW
     w_rows = w.reshape(F, K)
-    bias = b if b is not None else np.zeros(F, dtype=x.dtype)
-    out = np.empty((N, F, Ho, Wo), dtype=x.dtype)
-    if _uses_winograd(w, stride):
-        _conv_forward_winograd(x, w, bias, pad, out)
-        return out, (x, w, b is not None, stride, pad)
-    out_rows = out.reshape(N, F, P)
 
     def chunk(n0, nc, threads):
         cols = _scratch("cols", (K, nc * P), x.dtype)
         _kernels.im2col_samples(x, cols, n0, HH, WW, pad, stride, Ho, Wo, threads)
         product = _scratch("product", (F, nc * P), x.dtype)
         np.matmul(w_rows, cols, out=product)
-        _kernels.rows_to_samples(product, bias, out_rows[n0:n0 + nc], threads)
+        out = sink.chunk(n0, nc)
+        _kernels.rows_to_samples(product, bias, out.reshape(nc, F, P), threads)
+        sink.done(n0, nc, out, threads)
 
     map_chunks(chunk, _sample_chunks(N, K * P * x.itemsize))
-    return out, (x, w, b is not None, stride, pad)
+    return sink, cache
+
+
+def conv_forward_fast(x, w, b, conv_param):
+    """Convolution by chunked im2col + GEMM (Winograd for 3x3 stride-1 convolutions of 16
+    channels or more). Contract of conv_forward_naive; b may be None.
+
+    x: (N, C, H, W), w: (F, C, HH, WW), b: (F,) or None. Returns out (N, F, H', W'), cache.
+    """
+    if not is_host(x):
+        return conv_forward_gather(x, w, b, conv_param)
+    sink, cache = _conv_forward(x, w, b, conv_param)
+    return sink.out, cache
+
+
+def conv_max_pool_forward_fast(x, w, b, conv_param, pool_param):
+    """conv_forward_fast followed by max_pool_forward_fast, each chunk of the convolution's
+    output pooled while it is in cache (the (N, F, H', W') output is never stored: the
+    backward pass needs only the argmax). Returns pooled (N, F, H'', W'') and
+    (conv_cache, pool_cache), the caches the two layers would return."""
+    if not is_host(x):
+        out, conv_cache = conv_forward_gather(x, w, b, conv_param)
+        pooled, pool_cache = max_pool_forward_fast(out, pool_param)
+        return pooled, (conv_cache, pool_cache)
+    sink, conv_cache = _conv_forward(x, w, b, conv_param, pool_param)
+    return sink.pooled, (conv_cache, (sink.shape, sink.dtype, sink.argmax))
 
 
 def conv_backward_fast(dout, cache, need_dx=True):

@@ -11,6 +11,7 @@ from convlab.fast_layers import (
     affine_forward_fast,
     conv_backward_fast,
     conv_forward_fast,
+    conv_max_pool_forward_fast,
     max_pool_backward_fast,
     max_pool_forward_fast,
 )
@@ -96,10 +97,11 @@ def conv_relu_pool_forward(x, w, b, conv_param, pool_param):
 
     Computed as conv -> max pool -> relu, which is the same function with the same gradient
     (relu is monotone, so it commutes with max, and a window whose max is <= 0 gets zero
-    gradient either way) on a pool-size times smaller relu.
+    gradient either way) on a pool-size times smaller relu; the conv and the pool run fused
+    (conv_max_pool_forward_fast).
     """
-    a, conv_cache = conv_forward_fast(x, w, b, conv_param)
-    pooled, pool_cache = max_pool_forward_fast(a, pool_param)
+    pooled, (conv_cache, pool_cache) = conv_max_pool_forward_fast(x, w, b, conv_param,
+                                                                  pool_param)
     out, relu_cache = relu_forward(pooled)
     return out, (conv_cache, relu_cache, pool_cache)
 

@@ -462,7 +462,7 @@ def max_pool_backward_naive(dout, cache):
         for j in range(W_out):
             rows = slice(i * stride, i * stride + ph)
             cols = slice(j * stride, j * stride + pw)
-            window = x[:, :, rows, cols].reshape(N, C, -1)
+            window = x[:, :, rows, cols].reshape(N, C, ph * pw)
             one_hot = window.argmax(axis=2)[..., None] == positions  # (N, C, ph pw)
             dx[:, :, rows, cols] += (one_hot * dout[:, :, i, j][..., None]).reshape(N, C, ph, pw)
     return dx

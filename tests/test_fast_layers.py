@@ -453,6 +453,43 @@ def test_parallel_kernels_match_serial_ones(rng):
         np.testing.assert_array_equal(a, b_)
 
 
+# ------------------------------------------------- convolution fused with max pooling
+
+
+@pytest.mark.parametrize("geometry, pool", [
+    ((5, 3, 9, 8, 4, 5, 5, 1, 2), (2, 2, 2)),      # im2col
+    ((4, 16, 10, 7, 6, 3, 3, 1, 1), (2, 2, 2)),    # Winograd, an odd width left over
+    ((3, 2, 11, 11, 3, 3, 3, 2, 1), (3, 3, 2)),    # strided conv, overlapping windows
+    ((0, 3, 6, 6, 2, 3, 3, 1, 1), (2, 2, 2)),      # empty batch
+])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("bias", [True, False])
+def test_conv_max_pool_fused_equals_the_two_layers(rng, threads, geometry, pool, dtype, bias):
+    x, w, b, conv_param = conv_inputs(rng, geometry, dtype)
+    b = b if bias else None
+    ph, pw, stride = pool
+    pool_param = {"pool_height": ph, "pool_width": pw, "stride": stride}
+    pooled, (conv_cache, pool_cache) = fl.conv_max_pool_forward_fast(x, w, b, conv_param,
+                                                                     pool_param)
+    out, want_conv_cache = fl.conv_forward_fast(x, w, b, conv_param)
+    want, want_pool_cache = fl.max_pool_forward_fast(out, pool_param)
+    np.testing.assert_array_equal(pooled, want)  # the same kernels on the same chunks
+    assert pooled.dtype == dtype
+    np.testing.assert_array_equal(pool_cache[2], want_pool_cache[2])
+    assert pool_cache[:2] == want_pool_cache[:2]
+    dpooled = rng.standard_normal(pooled.shape).astype(dtype)
+    da = fl.max_pool_backward_fast(dpooled, pool_cache)
+    for got, ref in zip(fl.conv_backward_fast(da, conv_cache),
+                        conv_backward_naive(max_pool_backward_naive(
+                            dpooled, max_pool_forward_naive(out, pool_param)[1]),
+                            conv_forward_naive(x, w, b, conv_param)[1]), strict=True):
+        if ref is None:
+            assert got is None
+        else:
+            tol = 1e-4 if dtype == np.float32 else 1e-9
+            np.testing.assert_allclose(got, ref, rtol=tol, atol=tol * np.abs(ref).max(initial=1))
+
+
 # ------------------------------------------------------------------------ max pooling
 
 
