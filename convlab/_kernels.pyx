@@ -741,46 +741,56 @@ cdef void _input_grad_tiles(const floating* v, Py_ssize_t k_stride, floating* pl
                             Py_ssize_t H, Py_ssize_t W, int pad, Py_ssize_t th,
                             Py_ssize_t tw) noexcept nogil:
     """plane = the sum over tiles of B v B^T at each tile's input position."""
-    # A row of tiles at a time: u_i = v's rows times B^T, summed into four rows of the
-    # tiles' width L = 2 tw + 2 (neighbouring tiles overlap by two columns), then B along
-    # the rows gives the four input rows, added to the plane where they lie inside it.
+    # A row of tiles at a time: u_i = v's rows times B^T, four rows of the tiles' width
+    # L = 2 tw + 2 in which neighbouring tiles overlap by two columns (each entry written
+    # once: the left tile's share is carried in registers), then B along the rows gives
+    # the four input rows, added to the plane where they lie inside it.
     cdef Py_ssize_t L = 2 * tw + 2
     cdef floating* u = <floating*> malloc(4 * L * sizeof(floating))
-    cdef const floating* vt
+    cdef floating* ui
+    cdef floating* dst
     cdef const floating* vi
-    cdef floating w0, w1, w2, w3, d
-    cdef Py_ssize_t ty, tx, i, a, y, x, x_lo, x_hi
+    cdef floating w0, w1, w2, w3, carry2, carry3
+    cdef Py_ssize_t ty, tx, i, y, x, x_lo, x_hi
     x_lo = min(max(pad, 0), L)
     x_hi = max(min(W + pad, L), x_lo)
     memset(plane, 0, H * W * sizeof(floating))
     for ty in range(th):
-        memset(u, 0, 4 * L * sizeof(floating))
-        vt = v + ty * tw
         for i in range(4):
-            vi = vt + 4 * i * k_stride
+            vi = v + ty * tw + 4 * i * k_stride
+            ui = u + i * L
+            carry2 = 0
+            carry3 = 0
             for tx in range(tw):
                 w0 = vi[tx]  # (v B^T)[i] = v0, v1 - v2 + v3, v1 + v2 - v0, -v3
                 w1 = vi[k_stride + tx] - vi[2 * k_stride + tx] + vi[3 * k_stride + tx]
                 w2 = vi[k_stride + tx] + vi[2 * k_stride + tx] - w0
                 w3 = -vi[3 * k_stride + tx]
-                u[i * L + 2 * tx] += w0
-                u[i * L + 2 * tx + 1] += w1
-                u[i * L + 2 * tx + 2] += w2
-                u[i * L + 2 * tx + 3] += w3
-        for a in range(4):  # input row 2 ty - pad + a = row a of B u
-            y = 2 * ty - pad + a
-            if not 0 <= y < H:
-                continue
+                ui[2 * tx] = w0 + carry2
+                ui[2 * tx + 1] = w1 + carry3
+                carry2 = w2
+                carry3 = w3
+            ui[2 * tw] = carry2
+            ui[2 * tw + 1] = carry3
+        # input rows 2 ty - pad + a, a = 0 .. 3, are the rows of B u: u0, u1 - u2 + u3,
+        # u1 + u2 - u0, -u3 (a loop each, so none branches per element)
+        y = 2 * ty - pad
+        if 0 <= y < H:
+            dst = plane + y * W
             for x in range(x_lo, x_hi):
-                if a == 0:
-                    d = u[x]
-                elif a == 1:
-                    d = u[L + x] - u[2 * L + x] + u[3 * L + x]
-                elif a == 2:
-                    d = u[L + x] + u[2 * L + x] - u[x]
-                else:
-                    d = -u[3 * L + x]
-                plane[y * W + x - pad] += d
+                dst[x - pad] += u[x]
+        if 0 <= y + 1 < H:
+            dst = plane + (y + 1) * W
+            for x in range(x_lo, x_hi):
+                dst[x - pad] += u[L + x] - u[2 * L + x] + u[3 * L + x]
+        if 0 <= y + 2 < H:
+            dst = plane + (y + 2) * W
+            for x in range(x_lo, x_hi):
+                dst[x - pad] += u[L + x] + u[2 * L + x] - u[x]
+        if 0 <= y + 3 < H:
+            dst = plane + (y + 3) * W
+            for x in range(x_lo, x_hi):
+                dst[x - pad] -= u[3 * L + x]
     free(u)
 
 
