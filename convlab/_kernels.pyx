@@ -339,12 +339,12 @@ def max_pool_planes(const floating[:, :, ::1] x, floating[:, :, ::1] out,
 
 
 def max_unpool_planes(const floating[:, ::1] dout, const int[:, ::1] argmax,
-                       floating[:, ::1] dx):
+                       floating[:, ::1] dx, int threads=0):
     """dx (planes, H W) = 0, then dx[t, argmax[t, k]] += dout[t, k] (overlaps accumulate)."""
     cdef Py_ssize_t planes = dx.shape[0], HW = dx.shape[1], K = dout.shape[1]
     cdef Py_ssize_t t, k
     with nogil:
-        for t in prange(planes, schedule="static", num_threads=_threads()):
+        for t in prange(planes, schedule="static", num_threads=_threads(threads)):
             memset(&dx[t, 0], 0, HW * sizeof(floating))
             for k in range(K):
                 dx[t, argmax[t, k]] += dout[t, k]

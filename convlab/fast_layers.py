@@ -69,6 +69,7 @@ __all__ = [
     "conv_forward_fast",
     "conv_backward_fast",
     "conv_max_pool_forward_fast",
+    "conv_max_pool_backward_fast",
     "conv_forward_im2col",
     "conv_backward_im2col",
     "conv_forward_strides",
@@ -307,11 +308,12 @@ def _conv_forward_winograd(x, w, bias, pad, sink):
     map_chunks(chunk, _sample_chunks(N, 16 * (C + F) * T * x.itemsize, _WINOGRAD_CHUNK_BYTES))
 
 
-def _conv_backward_winograd(x, w, dout, pad, dx):
-    """(dw, db) of the Winograd convolution, and dx filled unless it is None. The
-    transformed input V is recomputed chunk by chunk instead of kept from the forward."""
+def _conv_backward_winograd(x, w, grad, pad, dx):
+    """(dw, db) of the Winograd convolution for the output gradient grad (a
+    _ConvGradient), and dx filled unless it is None. The transformed input V is recomputed
+    chunk by chunk instead of kept from the forward."""
     N, C = x.shape[:2]
-    F, Ho, Wo = dout.shape[1:]
+    F, Ho, Wo = grad.shape[1:]
     th, tw = _winograd_tiles(Ho, Wo)
     T = th * tw
     U_t = np.ascontiguousarray(_winograd_filters(w).transpose(0, 2, 1))  # (16, C, F)
@@ -325,8 +327,8 @@ def _conv_backward_winograd(x, w, dout, pad, dx):
     def chunk(n0, nc, threads):
         """This chunk's share of dU, its dx and its bias_parts rows, in place."""
         dM = _winograd_scratch("winograd_M", F, nc * T, x.dtype)
-        _kernels.winograd_output_grad_transform(dout, dM, bias_parts[n0:n0 + nc], n0, th, tw,
-                                                threads)
+        _kernels.winograd_output_grad_transform(grad.chunk(n0, nc, threads), dM,
+                                                bias_parts[n0:n0 + nc], 0, th, tw, threads)
         V = _winograd_scratch("winograd_V", C, nc * T, x.dtype)
         _kernels.winograd_input_transform(x, V, n0, pad, th, tw, threads)
         np.matmul(dM, V.transpose(0, 2, 1), out=dU_shares[slot[n0]])
@@ -427,32 +429,47 @@ def conv_max_pool_forward_fast(x, w, b, conv_param, pool_param):
     return sink.pooled, (conv_cache, (sink.shape, sink.dtype, sink.argmax))
 
 
-def conv_backward_fast(dout, cache, need_dx=True):
-    """dout: (N, F, H', W'). Returns dx (N, C, H, W), dw (F, C, HH, WW), db (F,) or None.
+class _ConvGradient:
+    """Where the fast convolution's backward pass reads its output gradient from, chunk by
+    chunk: dout (N, F, H', W') itself, or, after a fused max pool, a scratch chunk that the
+    pooled gradient is routed back into (by the pool's argmax) just before it is used."""
 
-    need_dx=False skips the input gradient (dx is returned as None): a network's first layer
-    has no use for it, and it costs a GEMM and a col2im, about half the backward pass.
-    """
-    if not is_host(dout):
-        return conv_backward_gather(dout, cache, need_dx)
+    def __init__(self, shape, dout=None, dpooled=None, argmax=None):
+        self.shape, self.dout, self.dpooled, self.argmax = shape, dout, dpooled, argmax
+
+    def chunk(self, n0, nc, threads):
+        """The (nc, F, H', W') output gradient of samples n0 .. n0 + nc."""
+        if self.dpooled is None:
+            return self.dout[n0:n0 + nc]
+        F, Ho, Wo = self.shape[1:]
+        dout = _scratch("conv_output_grad", (nc, F, Ho, Wo), self.dpooled.dtype)
+        Hp, Wp = self.argmax.shape[2:]
+        _kernels.max_unpool_planes(self.dpooled[n0:n0 + nc].reshape(nc * F, Hp * Wp),
+                                   self.argmax[n0:n0 + nc].reshape(nc * F, Hp * Wp),
+                                   dout.reshape(nc * F, Ho * Wo), threads)
+        return dout
+
+
+def _conv_backward(grad, cache, need_dx):
+    """The host fast convolution's dx, dw, db for the output gradient grad (a
+    _ConvGradient) and the forward's cache."""
     x, w, has_bias, stride, pad = cache
     N = x.shape[0]
     F, C, HH, WW = w.shape
-    Ho, Wo = conv_output_size(x.shape[2], x.shape[3], HH, WW, stride, pad)
+    Ho, Wo = grad.shape[2:]
     P, K = Ho * Wo, C * HH * WW
-    dout = check_dout(dout, (N, F, Ho, Wo), x.dtype)
     dx = np.empty_like(x) if need_dx else None
     if _uses_winograd(w, stride):
-        dw, db = _conv_backward_winograd(x, w, dout, pad, dx)
+        dw, db = _conv_backward_winograd(x, w, grad, pad, dx)
         return dx, dw, db.astype(x.dtype) if has_bias else None
-    dout_rows = dout.reshape(N, F, P)
     w_rows = w.reshape(F, K)
 
     def chunk(n0, nc, threads):
         """This chunk's shares of dw^T (K, F) and db (F,); its dx in place."""
         grad_rows = _scratch("grad_rows", (F, nc * P), x.dtype)
         db_chunk = np.zeros(F, dtype=np.float64)
-        _kernels.samples_to_rows(dout_rows[n0:n0 + nc], grad_rows, db_chunk, threads)
+        _kernels.samples_to_rows(grad.chunk(n0, nc, threads).reshape(nc, F, P), grad_rows,
+                                 db_chunk, threads)
         cols = _scratch("cols", (K, nc * P), x.dtype)
         _kernels.im2col_samples(x, cols, n0, HH, WW, pad, stride, Ho, Wo, threads)
         # dw^T = cols grad_rows^T: the same flops as grad_rows cols^T, but multithreaded
@@ -470,6 +487,39 @@ def conv_backward_fast(dout, cache, need_dx=True):
     db = sum((db_chunk for _, db_chunk in shares), np.zeros(F))
     dw = np.ascontiguousarray(dw_columns.T).reshape(w.shape)
     return dx, dw, db.astype(x.dtype) if has_bias else None
+
+
+def _conv_output_shape(cache):
+    x, w, _, stride, pad = cache
+    return (x.shape[0], w.shape[0],
+            *conv_output_size(x.shape[2], x.shape[3], w.shape[2], w.shape[3], stride, pad))
+
+
+def conv_backward_fast(dout, cache, need_dx=True):
+    """dout: (N, F, H', W'). Returns dx (N, C, H, W), dw (F, C, HH, WW), db (F,) or None.
+
+    need_dx=False skips the input gradient (dx is returned as None): a network's first layer
+    has no use for it, and it costs a GEMM and a col2im, about half the backward pass.
+    """
+    if not is_host(dout):
+        return conv_backward_gather(dout, cache, need_dx)
+    shape = _conv_output_shape(cache)
+    dout = check_dout(dout, shape, cache[0].dtype)
+    return _conv_backward(_ConvGradient(shape, dout=dout), cache, need_dx)
+
+
+def conv_max_pool_backward_fast(dpooled, cache, need_dx=True):
+    """Backward of conv_max_pool_forward_fast: max_pool_backward_fast then
+    conv_backward_fast, each chunk's convolution-output gradient rebuilt from dpooled
+    (N, F, H'', W'') while it is in cache. Returns dx, dw, db as conv_backward_fast."""
+    conv_cache, pool_cache = cache
+    if not is_host(dpooled):
+        return conv_backward_fast(max_pool_backward_fast(dpooled, pool_cache), conv_cache,
+                                  need_dx)
+    shape, dtype, argmax = pool_cache
+    dpooled = check_dout(dpooled, argmax.shape, dtype)
+    return _conv_backward(_ConvGradient(shape, dpooled=dpooled, argmax=argmax), conv_cache,
+                          need_dx)
 
 
 def conv_forward_im2col(x, w, b, conv_param):

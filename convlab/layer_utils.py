@@ -11,9 +11,8 @@ from convlab.fast_layers import (
     affine_forward_fast,
     conv_backward_fast,
     conv_forward_fast,
+    conv_max_pool_backward_fast,
     conv_max_pool_forward_fast,
-    max_pool_backward_fast,
-    max_pool_forward_fast,
 )
 from convlab.layers import *  # noqa: F403
 from convlab.layers import (
@@ -110,5 +109,4 @@ def conv_relu_pool_backward(dout, cache, need_dx=True):
     """Returns dx, dw, db; need_dx=False skips dx (None), for a network's first layer."""
     conv_cache, relu_cache, pool_cache = cache
     dpooled = relu_backward(dout, relu_cache)
-    da = max_pool_backward_fast(dpooled, pool_cache)
-    return conv_backward_fast(da, conv_cache, need_dx=need_dx)
+    return conv_max_pool_backward_fast(dpooled, (conv_cache, pool_cache), need_dx=need_dx)

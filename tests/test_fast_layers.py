@@ -8,9 +8,9 @@ from conftest import check_layer_gradients
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from convlab import _threads
 from convlab import fast_layers as fl
 from convlab.gradient_check import eval_numerical_gradient_array, rel_error
-from convlab import _threads
 from convlab.layers import (
     affine_backward,
     affine_forward,
@@ -478,8 +478,17 @@ def test_conv_max_pool_fused_equals_the_two_layers(rng, threads, geometry, pool,
     np.testing.assert_array_equal(pool_cache[2], want_pool_cache[2])
     assert pool_cache[:2] == want_pool_cache[:2]
     dpooled = rng.standard_normal(pooled.shape).astype(dtype)
-    da = fl.max_pool_backward_fast(dpooled, pool_cache)
-    for got, ref in zip(fl.conv_backward_fast(da, conv_cache),
+    fused = fl.conv_max_pool_backward_fast(dpooled, (conv_cache, pool_cache))
+    separate = fl.conv_backward_fast(fl.max_pool_backward_fast(dpooled, pool_cache), conv_cache)
+    for got, want_ in zip(fused, separate, strict=True):
+        if want_ is None:
+            assert got is None
+        else:
+            np.testing.assert_array_equal(got, want_)
+    dx, dw, _ = fl.conv_max_pool_backward_fast(dpooled, (conv_cache, pool_cache), need_dx=False)
+    assert dx is None
+    np.testing.assert_array_equal(dw, separate[1])
+    for got, ref in zip(fused,
                         conv_backward_naive(max_pool_backward_naive(
                             dpooled, max_pool_forward_naive(out, pool_param)[1]),
                             conv_forward_naive(x, w, b, conv_param)[1]), strict=True):
