@@ -299,6 +299,47 @@ cdef inline Py_ssize_t _first_nan(const floating[:, ::1] plane, Py_ssize_t h0, P
     return -1
 
 
+cdef void _max_pool_2x2_plane(const floating* plane, Py_ssize_t W, floating* out,
+                              int* argmax, Py_ssize_t Ho, Py_ssize_t Wo) noexcept nogil:
+    """The 2x2, stride-2 windows of one plane, the common case, with the window unrolled
+    (same rules as max_pool_planes: strict '>', the first NaN wins)."""
+    cdef Py_ssize_t yo, xo, at, best_at
+    cdef const floating* row0
+    cdef const floating* row1
+    cdef floating a, b, c, d, best
+    for yo in range(Ho):
+        row0 = plane + 2 * yo * W
+        row1 = row0 + W
+        for xo in range(Wo):
+            a = row0[2 * xo]
+            b = row0[2 * xo + 1]
+            c = row1[2 * xo]
+            d = row1[2 * xo + 1]
+            at = 2 * yo * W + 2 * xo
+            best = a
+            best_at = at
+            if b > best:
+                best = b
+                best_at = at + 1
+            if c > best:
+                best = c
+                best_at = at + W
+            if d > best:
+                best = d
+                best_at = at + W + 1
+            if a + b + c + d != a + b + c + d:  # a NaN (or inf - inf): find the first NaN
+                if a != a:
+                    best, best_at = a, at
+                elif b != b:
+                    best, best_at = b, at + 1
+                elif c != c:
+                    best, best_at = c, at + W
+                elif d != d:
+                    best, best_at = d, at + W + 1
+            out[yo * Wo + xo] = best
+            argmax[yo * Wo + xo] = <int>best_at
+
+
 def max_pool_planes(const floating[:, :, ::1] x, floating[:, :, ::1] out,
                      int[:, :, ::1] argmax, int ph, int pw, int stride, int threads=0):
     """out = window maxima of each (H, W) plane; argmax = flat index h W + w of the first max.
@@ -313,6 +354,11 @@ def max_pool_planes(const floating[:, :, ::1] x, floating[:, :, ::1] out,
     cdef Py_ssize_t t, yo, xo, i, j, h0, w0, best_at
     cdef floating best, v, total
     cdef Py_ssize_t nan_at
+    if ph == 2 and pw == 2 and stride == 2:
+        with nogil:
+            for t in prange(planes, schedule="static", num_threads=_threads(threads)):
+                _max_pool_2x2_plane(&x[t, 0, 0], W, &out[t, 0, 0], &argmax[t, 0, 0], Ho, Wo)
+        return
     with nogil:
         for t in prange(planes, schedule="static", num_threads=_threads(threads)):
             for yo in range(Ho):
