@@ -164,6 +164,34 @@ def test_workers_handle_floating_point_errors_as_the_caller_asked(restore_thread
         _threads.matmul(a, b)
 
 
+@pytest.mark.parametrize("spec", ["reference", "threelayer"])
+def test_a_training_step_runs_every_gemm_with_the_blas_on_one_thread(restore_threads,
+                                                                    monkeypatch, spec):
+    """At 2 threads every np.matmul of a step runs on a chunk worker with OpenBLAS held to
+    one thread: a multithreaded call would leave OpenBLAS's threads spinning on the cores
+    the next layer's workers need (module docstring of convlab._threads)."""
+    import numpy as np
+
+    from convlab.classifiers import ConvNet
+    from convlab.classifiers.cnn import ThreeLayerConvNet
+
+    _threads.set_num_threads(2)
+    blas_threads, matmul = [], np.matmul
+
+    def recording_matmul(*args, **kwargs):
+        blas_threads.append(_threads._blas_threads())
+        return matmul(*args, **kwargs)
+
+    model = (ConvNet("reference", seed=0) if spec == "reference"
+             else ThreeLayerConvNet(weight_scale=1e-2, dtype=np.float32, seed=0))
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((6, 3, 32, 32)).astype(np.float32)
+    monkeypatch.setattr(np, "matmul", recording_matmul)
+    model.loss(X, rng.integers(10, size=6))
+    monkeypatch.undo()
+    assert blas_threads and set(blas_threads) == {1}
+
+
 def test_convolutions_do_not_depend_on_the_thread_count(restore_threads):
     """Chunk workers change who computes a chunk, not what: the same results on 1 and 2
     threads (to float32 round-off: the chunks, and so the BLAS kernels picked for their
