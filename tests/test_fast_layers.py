@@ -499,6 +499,24 @@ def test_conv_max_pool_fused_equals_the_two_layers(rng, threads, geometry, pool,
             np.testing.assert_allclose(got, ref, rtol=tol, atol=tol * np.abs(ref).max(initial=1))
 
 
+@pytest.mark.parametrize("pool_param, match", [
+    ({"pool_height": 5, "pool_width": 2, "stride": 2}, "does not fit"),
+    ({"pool_height": 2, "pool_width": 2, "stride": 0}, "stride'] must be an integer >= 1"),
+])
+def test_conv_max_pool_fused_rejects_a_pool_that_does_not_fit(rng, pool_param, match):
+    x, w, b, conv_param = conv_inputs(rng, (2, 3, 4, 4, 2, 3, 3, 1, 1))
+    with pytest.raises(ValueError, match=match):
+        fl.conv_max_pool_forward_fast(x, w, b, conv_param, pool_param)
+
+
+def test_conv_max_pool_fused_backward_rejects_a_wrong_gradient_shape(rng):
+    x, w, b, conv_param = conv_inputs(rng, (2, 3, 4, 4, 2, 3, 3, 1, 1))
+    pool_param = {"pool_height": 2, "pool_width": 2, "stride": 2}
+    _, cache = fl.conv_max_pool_forward_fast(x, w, b, conv_param, pool_param)
+    with pytest.raises(ValueError, match=r"dout must have shape \(2, 2, 2, 2\)"):
+        fl.conv_max_pool_backward_fast(np.ones((2, 2, 3, 3)), cache)
+
+
 # ------------------------------------------------------------------------ max pooling
 
 
