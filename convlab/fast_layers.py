@@ -354,7 +354,7 @@ class _ConvOutput:
         self.out = np.empty(shape, dtype=dtype) if pool is None else None
         if pool is not None:
             N, F = shape[:2]
-            ph, pw, stride, Hp, Wp = pool
+            Hp, Wp = pool[3:]
             self.pooled = np.empty((N, F, Hp, Wp), dtype=dtype)
             self.argmax = np.empty((N, F, Hp, Wp), dtype=np.intc)
 
@@ -367,12 +367,9 @@ class _ConvOutput:
     def done(self, n0, nc, out, threads):
         if self.pool is None:
             return
-        F, Ho, Wo = self.shape[1:]
-        ph, pw, stride, Hp, Wp = self.pool
-        _kernels.max_pool_planes(out.reshape(nc * F, Ho, Wo),
-                                 self.pooled[n0:n0 + nc].reshape(nc * F, Hp, Wp),
-                                 self.argmax[n0:n0 + nc].reshape(nc * F, Hp, Wp),
-                                 ph, pw, stride, threads)
+        ph, pw, stride = self.pool[:3]
+        _max_pool_into(out, self.pooled[n0:n0 + nc], self.argmax[n0:n0 + nc], ph, pw, stride,
+                       threads)
 
 
 def _conv_forward(x, w, b, conv_param, pool_param=None):
@@ -441,12 +438,8 @@ class _ConvGradient:
         """The (nc, F, H', W') output gradient of samples n0 .. n0 + nc."""
         if self.dpooled is None:
             return self.dout[n0:n0 + nc]
-        F, Ho, Wo = self.shape[1:]
-        dout = _scratch("conv_output_grad", (nc, F, Ho, Wo), self.dpooled.dtype)
-        Hp, Wp = self.argmax.shape[2:]
-        _kernels.max_unpool_planes(self.dpooled[n0:n0 + nc].reshape(nc * F, Hp * Wp),
-                                   self.argmax[n0:n0 + nc].reshape(nc * F, Hp * Wp),
-                                   dout.reshape(nc * F, Ho * Wo), threads)
+        dout = _scratch("conv_output_grad", (nc, *self.shape[1:]), self.dpooled.dtype)
+        _max_unpool_into(self.dpooled[n0:n0 + nc], self.argmax[n0:n0 + nc], dout, threads)
         return dout
 
 
@@ -598,6 +591,23 @@ def conv_backward_strides(dout, cache):
 # ============================================================================ pooling
 
 
+def _max_pool_into(x, out, argmax, ph, pw, stride, threads=0):
+    """out and argmax (N, C, H', W') = the max pooling of x (N, C, H, W), every (n, c)
+    plane a task of the kernel's."""
+    N, C, H, W = x.shape
+    Ho, Wo = out.shape[2:]
+    _kernels.max_pool_planes(x.reshape(N * C, H, W), out.reshape(N * C, Ho, Wo),
+                             argmax.reshape(N * C, Ho, Wo), ph, pw, stride, threads)
+
+
+def _max_unpool_into(dout, argmax, dx, threads=0):
+    """dx (N, C, H, W) = dout (N, C, H', W') routed to the argmax of each window."""
+    N, C, H, W = dx.shape
+    Ho, Wo = dout.shape[2:]
+    _kernels.max_unpool_planes(dout.reshape(N * C, Ho * Wo), argmax.reshape(N * C, Ho * Wo),
+                               dx.reshape(N * C, H * W), threads)
+
+
 def max_pool_forward_fast(x, pool_param):
     """Max pooling with any window and stride. Contract of max_pool_forward_naive.
 
@@ -607,11 +617,10 @@ def max_pool_forward_fast(x, pool_param):
     if not is_host(x):
         return max_pool_forward_gather(x, pool_param)
     x, (ph, pw, stride, Ho, Wo) = _pool_operands(x, pool_param)
-    N, C, H, W = x.shape
+    N, C = x.shape[:2]
     out = np.empty((N, C, Ho, Wo), dtype=x.dtype)
     argmax = np.empty((N, C, Ho, Wo), dtype=np.intc)
-    _kernels.max_pool_planes(x.reshape(N * C, H, W), out.reshape(N * C, Ho, Wo),
-                     argmax.reshape(N * C, Ho, Wo), ph, pw, stride)
+    _max_pool_into(x, out, argmax, ph, pw, stride)
     return out, (x.shape, x.dtype, argmax)
 
 
@@ -620,12 +629,9 @@ def max_pool_backward_fast(dout, cache):
     if not is_host(dout):
         return max_pool_backward_gather(dout, cache)
     x_shape, dtype, argmax = cache
-    N, C, H, W = x_shape
-    _, _, Ho, Wo = argmax.shape
     dout = check_dout(dout, argmax.shape, dtype)
     dx = np.empty(x_shape, dtype=dtype)
-    _kernels.max_unpool_planes(dout.reshape(N * C, Ho * Wo), argmax.reshape(N * C, Ho * Wo),
-                       dx.reshape(N * C, H * W))
+    _max_unpool_into(dout, argmax, dx)
     return dx
 
 
