@@ -17,7 +17,7 @@ Column layouts (rows (c * fh + i) * fw + j in both):
 from cython cimport floating
 from cython.parallel cimport prange
 from libc.math cimport sqrt
-from libc.stdlib cimport free, malloc
+from libc.stdlib cimport calloc, free, malloc
 from libc.string cimport memcpy, memset
 
 cdef extern from *:
@@ -666,39 +666,49 @@ cdef inline void _load_tile(const floating* plane, Py_ssize_t H, Py_ssize_t W, P
 cdef void _input_tiles(const floating* plane, Py_ssize_t H, Py_ssize_t W, int pad,
                        Py_ssize_t th, Py_ssize_t tw, floating* v,
                        Py_ssize_t k_stride) noexcept nogil:
-    # A row of tiles at a time: the four input rows under it, zero-padded to the tiles'
-    # width L = 2 tw + 2, get B^T along the rows first (r_i = rows combined, contiguous
-    # runs), then B along the columns, writing each of the 16 planes as a contiguous run.
+    # A row of tiles at a time: r = B^T d down the columns of the four input rows under
+    # it (rows past the plane's edge read as zeros), over the tiles' width L = 2 tw + 2
+    # with the padding columns zero, read straight from the plane; then B along the
+    # columns, tile by tile, writing each of the 16 planes as a contiguous run.
     cdef Py_ssize_t L = 2 * tw + 2
-    cdef floating* rows = <floating*> malloc(8 * L * sizeof(floating))
-    cdef floating* r = rows + 4 * L
+    cdef floating* r = <floating*> calloc(4 * L + W, sizeof(floating))
+    cdef floating* zeros = r + 4 * L  # stands in for the rows above and below the plane
+    cdef const floating* d0
+    cdef const floating* d1
+    cdef const floating* d2
+    cdef const floating* d3
+    cdef floating* ri
     cdef floating* out
-    cdef Py_ssize_t ty, tx, i, y, x, x_lo, x_hi
-    x_lo = min(max(pad, 0), L)           # row-buffer columns that hold input columns
-    x_hi = max(min(W + pad, L), x_lo)
+    cdef Py_ssize_t ty, tx, i, j, y
+    # The input columns j_lo .. j_hi - 1 are the ones inside the row buffer's width.
+    cdef Py_ssize_t j_lo = min(max(pad, 0), L) - pad
+    cdef Py_ssize_t j_hi = max(min(W + pad, L), j_lo + pad) - pad
     for ty in range(th):
-        for i in range(4):
-            y = 2 * ty - pad + i
-            if 0 <= y < H:
-                memset(rows + i * L, 0, x_lo * sizeof(floating))
-                memcpy(rows + i * L + x_lo, plane + y * W + x_lo - pad,
-                       (x_hi - x_lo) * sizeof(floating))
-                memset(rows + i * L + x_hi, 0, (L - x_hi) * sizeof(floating))
-            else:
-                memset(rows + i * L, 0, L * sizeof(floating))
-        for x in range(L):  # r = B^T d over the whole row of tiles
-            r[x] = rows[x] - rows[2 * L + x]
-            r[L + x] = rows[L + x] + rows[2 * L + x]
-            r[2 * L + x] = rows[2 * L + x] - rows[L + x]
-            r[3 * L + x] = rows[L + x] - rows[3 * L + x]
+        y = 2 * ty - pad
+        d0 = plane + y * W if 0 <= y < H else zeros
+        d1 = plane + (y + 1) * W if 0 <= y + 1 < H else zeros
+        d2 = plane + (y + 2) * W if 0 <= y + 2 < H else zeros
+        d3 = plane + (y + 3) * W if 0 <= y + 3 < H else zeros
+        # r = B^T d: rows d0 - d2, d1 + d2, d2 - d1, d1 - d3 at buffer column pad + j of
+        # input column j; a loop each, as one loop for all four needs more overlap checks
+        # than the compiler's vectoriser makes. The padding columns stay zero from calloc.
+        for j in range(j_lo, j_hi):
+            r[pad + j] = d0[j] - d2[j]
+        for j in range(j_lo, j_hi):
+            r[L + pad + j] = d1[j] + d2[j]
+        for j in range(j_lo, j_hi):
+            r[2 * L + pad + j] = d2[j] - d1[j]
+        for j in range(j_lo, j_hi):
+            r[3 * L + pad + j] = d1[j] - d3[j]
         for i in range(4):  # v = r B, tile by tile along the row
-            out = v + ty * tw
+            ri = r + i * L
+            out = v + 4 * i * k_stride + ty * tw
             for tx in range(tw):
-                out[(4 * i) * k_stride + tx] = r[i * L + 2 * tx] - r[i * L + 2 * tx + 2]
-                out[(4 * i + 1) * k_stride + tx] = r[i * L + 2 * tx + 1] + r[i * L + 2 * tx + 2]
-                out[(4 * i + 2) * k_stride + tx] = r[i * L + 2 * tx + 2] - r[i * L + 2 * tx + 1]
-                out[(4 * i + 3) * k_stride + tx] = r[i * L + 2 * tx + 1] - r[i * L + 2 * tx + 3]
-    free(rows)
+                out[tx] = ri[2 * tx] - ri[2 * tx + 2]
+                out[k_stride + tx] = ri[2 * tx + 1] + ri[2 * tx + 2]
+                out[2 * k_stride + tx] = ri[2 * tx + 2] - ri[2 * tx + 1]
+                out[3 * k_stride + tx] = ri[2 * tx + 1] - ri[2 * tx + 3]
+    free(r)
 
 
 cdef void _output_tiles(const floating* m, Py_ssize_t k_stride, floating bias, floating* plane,
