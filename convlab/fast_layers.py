@@ -105,8 +105,12 @@ _CHUNK_BYTES = 4 << 20
 _WINOGRAD_MIN_CHANNELS = 16
 # Winograd works on much smaller chunks than im2col: its transformed input and products of a
 # chunk then stay in the L2/L3 caches from transform to GEMM to transform, which measured
-# 2x faster at 1-2 MB than at 24 MB (reference net, batch 64, one core).
-_WINOGRAD_CHUNK_BYTES = 2 << 20
+# 2x faster at 1-2 MB than at 24 MB (reference net, batch 64, one core). The budget is each
+# chunk's, whatever the thread count: a chunk stays on one core, in that core's own L2. The
+# reference net's five Winograd layers, forward + backward, batch 64, measured best at
+# 1-1.5 MB a chunk on one thread and on two (2 MB: +8% on one thread; 0.5 MB: +6% on one,
+# +13% on two).
+_WINOGRAD_CHUNK_BYTES = 1 << 20
 
 
 # ============================================================================ validation
@@ -158,15 +162,18 @@ def _scratch(name, shape, dtype):
     return buffer[:size].reshape(shape)
 
 
-def _sample_chunks(N, bytes_per_sample, chunk_bytes=None):
+def _sample_chunks(N, bytes_per_sample, chunk_bytes=None, per_chunk_budget=False):
     """(first sample, sample count) pairs of roughly equal chunks of about chunk_bytes
-    (default _CHUNK_BYTES) divided by the thread count, and at least as many chunks as
-    threads (when there are that many samples): the chunk workers' share."""
+    (default _CHUNK_BYTES) divided by the thread count, or of chunk_bytes each with
+    per_chunk_budget, and at least as many chunks as threads (when there are that many
+    samples): the chunk workers' share."""
     if N == 0:
         return []
     threads = get_num_threads()
-    # Chunks in flight at once share the caches: each gets its share of the budget.
-    chunk_bytes = (_CHUNK_BYTES if chunk_bytes is None else chunk_bytes) // threads
+    chunk_bytes = _CHUNK_BYTES if chunk_bytes is None else chunk_bytes
+    if not per_chunk_budget:
+        # Chunks in flight at once share the caches: each gets its share of the budget.
+        chunk_bytes //= threads
     per_chunk = max(1, min(N, chunk_bytes // max(1, bytes_per_sample), -(-N // threads)))
     n_chunks = -(-N // per_chunk)
     per_chunk = -(-N // n_chunks)
@@ -305,7 +312,8 @@ def _conv_forward_winograd(x, w, bias, pad, sink):
         _kernels.winograd_output_transform(M, bias, out, 0, th, tw, threads)
         sink.done(n0, nc, out, threads)
 
-    map_chunks(chunk, _sample_chunks(N, 16 * (C + F) * T * x.itemsize, _WINOGRAD_CHUNK_BYTES))
+    map_chunks(chunk, _sample_chunks(N, 16 * (C + F) * T * x.itemsize, _WINOGRAD_CHUNK_BYTES,
+                                     per_chunk_budget=True))
 
 
 def _conv_backward_winograd(x, w, grad, pad, dx):
@@ -318,7 +326,8 @@ def _conv_backward_winograd(x, w, grad, pad, dx):
     T = th * tw
     U_t = np.ascontiguousarray(_winograd_filters(w).transpose(0, 2, 1))  # (16, C, F)
     bias_parts = np.empty((N, F))  # float64 sums of dout per (sample, filter)
-    chunks = _sample_chunks(N, 16 * (C + F) * T * x.itemsize, _WINOGRAD_CHUNK_BYTES)
+    chunks = _sample_chunks(N, 16 * (C + F) * T * x.itemsize, _WINOGRAD_CHUNK_BYTES,
+                            per_chunk_budget=True)
     # Each chunk's share of dU in a slot of its own, allocated here once: allocating them
     # in the workers (an mmap and munmap each) stalls both cores on every chunk.
     dU_shares = np.empty((len(chunks), 16, F, C), dtype=x.dtype)

@@ -323,6 +323,19 @@ def test_winograd_conv_matches_naive_on_given_shapes(rng, geometry, dtype, bias,
     _check_against_naive(x, w, b if bias else None, conv_param, dtype, need_dx)
 
 
+def test_sample_chunks_split_a_shared_budget_or_give_each_chunk_its_own(threads):
+    # 64 samples of 100 kB: a 1 MB budget is 10 samples a chunk, or 10 // threads when the
+    # chunks in flight share it; never fewer chunks than threads.
+    shared = fl._sample_chunks(64, 100_000, 1_000_000)
+    own = fl._sample_chunks(64, 100_000, 1_000_000, per_chunk_budget=True)
+    assert max(count for _, count in shared) == -(-64 // -(-64 // (10 // threads)))
+    assert max(count for _, count in own) == -(-64 // -(-64 // 10))
+    for chunks in (shared, own):
+        assert [n0 for n0, _ in chunks] == list(np.cumsum([0] + [c for _, c in chunks[:-1]]))
+        assert sum(count for _, count in chunks) == 64
+    assert len(fl._sample_chunks(3, 100_000, 1 << 30, per_chunk_budget=True)) == min(3, threads)
+
+
 @pytest.mark.parametrize("chunk_bytes", [1, 50_000, 1 << 30])
 def test_winograd_conv_is_independent_of_chunking(rng, monkeypatch, chunk_bytes):
     monkeypatch.setattr(fl, "_WINOGRAD_CHUNK_BYTES", chunk_bytes)
