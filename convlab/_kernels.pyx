@@ -680,9 +680,6 @@ cdef void _input_tiles(const floating* plane, Py_ssize_t H, Py_ssize_t W, int pa
     cdef floating* ri
     cdef floating* out
     cdef Py_ssize_t ty, tx, i, j, y
-    # The input columns j_lo .. j_hi - 1 are the ones inside the row buffer's width.
-    cdef Py_ssize_t j_lo = min(max(pad, 0), L) - pad
-    cdef Py_ssize_t j_hi = max(min(W + pad, L), j_lo + pad) - pad
     for ty in range(th):
         y = 2 * ty - pad
         d0 = plane + y * W if 0 <= y < H else zeros
@@ -690,15 +687,16 @@ cdef void _input_tiles(const floating* plane, Py_ssize_t H, Py_ssize_t W, int pa
         d2 = plane + (y + 2) * W if 0 <= y + 2 < H else zeros
         d3 = plane + (y + 3) * W if 0 <= y + 3 < H else zeros
         # r = B^T d: rows d0 - d2, d1 + d2, d2 - d1, d1 - d3 at buffer column pad + j of
-        # input column j; a loop each, as one loop for all four needs more overlap checks
-        # than the compiler's vectoriser makes. The padding columns stay zero from calloc.
-        for j in range(j_lo, j_hi):
+        # input column j (every one fits: the tiles cover the padded width, L >= W + 2 pad);
+        # a loop each, as one loop for all four needs more overlap checks than the
+        # compiler's vectoriser makes. The padding columns stay zero from calloc.
+        for j in range(W):
             r[pad + j] = d0[j] - d2[j]
-        for j in range(j_lo, j_hi):
+        for j in range(W):
             r[L + pad + j] = d1[j] + d2[j]
-        for j in range(j_lo, j_hi):
+        for j in range(W):
             r[2 * L + pad + j] = d2[j] - d1[j]
-        for j in range(j_lo, j_hi):
+        for j in range(W):
             r[3 * L + pad + j] = d1[j] - d3[j]
         for i in range(4):  # v = r B, tile by tile along the row
             ri = r + i * L
