@@ -267,6 +267,13 @@ def _winograd_scratch(name, rows, cols, dtype):
     return flat[:, :rows * cols].reshape(16, rows, cols)
 
 
+def _winograd_chunks(N, C, F, T, itemsize):
+    """_sample_chunks for a Winograd convolution of C -> F channels over T tiles a sample:
+    a sample's V (16, C, T) and M (16, F, T), each chunk within its own budget."""
+    return _sample_chunks(N, 16 * (C + F) * T * itemsize, _WINOGRAD_CHUNK_BYTES,
+                          per_chunk_budget=True)
+
+
 def _apply_G(g, axis):
     """G (4 x 3) applied along ``axis`` (of length 3) of g, the rows stacked as a new
     leading axis. The filter transform of F(2x2, 3x3) is U = G g G^T with
@@ -312,8 +319,7 @@ def _conv_forward_winograd(x, w, bias, pad, sink):
         _kernels.winograd_output_transform(M, bias, out, 0, th, tw, threads)
         sink.done(n0, nc, out, threads)
 
-    map_chunks(chunk, _sample_chunks(N, 16 * (C + F) * T * x.itemsize, _WINOGRAD_CHUNK_BYTES,
-                                     per_chunk_budget=True))
+    map_chunks(chunk, _winograd_chunks(N, C, F, T, x.itemsize))
 
 
 def _conv_backward_winograd(x, w, grad, pad, dx):
@@ -326,8 +332,7 @@ def _conv_backward_winograd(x, w, grad, pad, dx):
     T = th * tw
     U_t = np.ascontiguousarray(_winograd_filters(w).transpose(0, 2, 1))  # (16, C, F)
     bias_parts = np.empty((N, F))  # float64 sums of dout per (sample, filter)
-    chunks = _sample_chunks(N, 16 * (C + F) * T * x.itemsize, _WINOGRAD_CHUNK_BYTES,
-                            per_chunk_budget=True)
+    chunks = _winograd_chunks(N, C, F, T, x.itemsize)
     # Each chunk's share of dU in a slot of its own, allocated here once: allocating them
     # in the workers (an mmap and munmap each) stalls both cores on every chunk.
     dU_shares = np.empty((len(chunks), 16, F, C), dtype=x.dtype)
