@@ -41,7 +41,10 @@ class BuildExtMaybeOpenMP(build_ext):
             if msvc:
                 ext.extra_compile_args += ["/O2"] + (["/openmp"] if use_openmp else [])
             else:
-                ext.extra_compile_args += ["-O3"] + (OPENMP_FLAGS if use_openmp else [])
+                # -fno-trapping-math lets gcc turn float compares into selects
+                # (the branchless 2x2 max pool); it does not reassociate or drop NaN/inf.
+                ext.extra_compile_args += ["-O3", "-fno-trapping-math"]
+                ext.extra_compile_args += OPENMP_FLAGS if use_openmp else []
                 ext.extra_link_args += OPENMP_FLAGS if use_openmp else []
         super().build_extensions()
 

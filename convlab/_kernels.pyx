@@ -299,45 +299,71 @@ cdef inline Py_ssize_t _first_nan(const floating[:, ::1] plane, Py_ssize_t h0, P
     return -1
 
 
-cdef void _max_pool_2x2_plane(const floating* plane, Py_ssize_t W, floating* out,
-                              int* argmax, Py_ssize_t Ho, Py_ssize_t Wo) noexcept nogil:
-    """The 2x2, stride-2 windows of one plane, the common case, with the window unrolled
-    (same rules as max_pool_planes: strict '>', the first NaN wins)."""
-    cdef Py_ssize_t yo, xo, at, best_at
+cdef void _max_pool_plane(const floating[:, ::1] plane, floating[:, ::1] out,
+                          int[:, ::1] argmax, int ph, int pw, int stride) noexcept nogil:
+    """The windows of one (H, W) plane, any size and stride, scanned in order (see
+    max_pool_planes for the rules)."""
+    cdef Py_ssize_t W = plane.shape[1], Ho = out.shape[0], Wo = out.shape[1]
+    cdef Py_ssize_t yo, xo, i, j, h0, w0, best_at, nan_at
+    cdef floating best, v, total
+    for yo in range(Ho):
+        h0 = yo * stride
+        for xo in range(Wo):
+            w0 = xo * stride
+            best = plane[h0, w0]
+            best_at = h0 * W + w0
+            total = 0
+            for i in range(ph):
+                for j in range(pw):
+                    v = plane[h0 + i, w0 + j]
+                    total = total + v
+                    if v > best:
+                        best = v
+                        best_at = (h0 + i) * W + w0 + j
+            if total != total:
+                nan_at = _first_nan(plane, h0, w0, ph, pw)
+                if nan_at >= 0:
+                    best_at = nan_at
+                    best = plane[nan_at // W, nan_at % W]
+            out[yo, xo] = best
+            argmax[yo, xo] = <int>best_at
+
+
+cdef bint _max_pool_2x2_plane(const floating* plane, int W, floating* out, int* argmax,
+                              Py_ssize_t Ho, Py_ssize_t Wo) noexcept nogil:
+    """The 2x2, stride-2 windows of one plane, the common case, without a branch: the
+    first maximum of each row pair (a, b), (c, d), then of the two, is the first maximum
+    of a, b, c, d in order. Selects instead of jumps let gcc vectorise the loop, and random
+    data made the jumps mispredict about once a window. Returns whether a window's sum
+    was NaN (a NaN, or inf - inf), for which the plane must be scanned again in order."""
+    cdef Py_ssize_t yo, xo
     cdef const floating* row0
     cdef const floating* row1
-    cdef floating a, b, c, d, best
+    cdef floating* out_row
+    cdef int* argmax_row
+    cdef floating a, b, c, d, ab, cd, total
+    cdef int ab_at, cd_at, at
+    cdef int suspect = 0
     for yo in range(Ho):
         row0 = plane + 2 * yo * W
         row1 = row0 + W
+        out_row = out + yo * Wo
+        argmax_row = argmax + yo * Wo
+        at = <int>(2 * yo * W)
         for xo in range(Wo):
             a = row0[2 * xo]
             b = row0[2 * xo + 1]
             c = row1[2 * xo]
             d = row1[2 * xo + 1]
-            at = 2 * yo * W + 2 * xo
-            best = a
-            best_at = at
-            if b > best:
-                best = b
-                best_at = at + 1
-            if c > best:
-                best = c
-                best_at = at + W
-            if d > best:
-                best = d
-                best_at = at + W + 1
-            if a + b + c + d != a + b + c + d:  # a NaN (or inf - inf): find the first NaN
-                if a != a:
-                    best, best_at = a, at
-                elif b != b:
-                    best, best_at = b, at + 1
-                elif c != c:
-                    best, best_at = c, at + W
-                elif d != d:
-                    best, best_at = d, at + W + 1
-            out[yo * Wo + xo] = best
-            argmax[yo * Wo + xo] = <int>best_at
+            ab = b if b > a else a
+            ab_at = 1 if b > a else 0
+            cd = d if d > c else c
+            cd_at = W + 1 if d > c else W
+            out_row[xo] = cd if cd > ab else ab
+            argmax_row[xo] = at + 2 * <int>xo + (cd_at if cd > ab else ab_at)
+            total = a + b + c + d
+            suspect = suspect | (total != total)
+    return suspect
 
 
 def max_pool_planes(const floating[:, :, ::1] x, floating[:, :, ::1] out,
@@ -351,37 +377,15 @@ def max_pool_planes(const floating[:, :, ::1] x, floating[:, :, ::1] out,
     NaN too: then none is found and the maximum stands)."""
     cdef Py_ssize_t planes = x.shape[0], W = x.shape[2]
     cdef Py_ssize_t Ho = out.shape[1], Wo = out.shape[2]
-    cdef Py_ssize_t t, yo, xo, i, j, h0, w0, best_at
-    cdef floating best, v, total
-    cdef Py_ssize_t nan_at
-    if ph == 2 and pw == 2 and stride == 2:
-        with nogil:
-            for t in prange(planes, schedule="static", num_threads=_threads(threads)):
-                _max_pool_2x2_plane(&x[t, 0, 0], W, &out[t, 0, 0], &argmax[t, 0, 0], Ho, Wo)
-        return
+    cdef Py_ssize_t t
+    # float64's selects do not vectorise on the SSE2 baseline (no 64-bit integer compare),
+    # and as scalar code they were slower than the in-order scan.
+    cdef bint fast = floating is float and ph == 2 and pw == 2 and stride == 2
     with nogil:
         for t in prange(planes, schedule="static", num_threads=_threads(threads)):
-            for yo in range(Ho):
-                h0 = yo * stride
-                for xo in range(Wo):
-                    w0 = xo * stride
-                    best = x[t, h0, w0]
-                    best_at = h0 * W + w0
-                    total = 0
-                    for i in range(ph):
-                        for j in range(pw):
-                            v = x[t, h0 + i, w0 + j]
-                            total = total + v
-                            if v > best:
-                                best = v
-                                best_at = (h0 + i) * W + w0 + j
-                    if total != total:
-                        nan_at = _first_nan(x[t], h0, w0, ph, pw)
-                        if nan_at >= 0:
-                            best_at = nan_at
-                            best = x[t, nan_at // W, nan_at % W]
-                    out[t, yo, xo] = best
-                    argmax[t, yo, xo] = <int>best_at
+            if not fast or _max_pool_2x2_plane(&x[t, 0, 0], <int>W, &out[t, 0, 0],
+                                               &argmax[t, 0, 0], Ho, Wo):
+                _max_pool_plane(x[t], out[t], argmax[t], ph, pw, stride)
 
 
 def max_unpool_planes(const floating[:, ::1] dout, const int[:, ::1] argmax,

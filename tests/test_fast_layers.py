@@ -582,6 +582,26 @@ def test_max_pool_ties_route_to_the_first_maximum():
     np.testing.assert_array_equal(dx, [[[[1.0, 0.0], [0.0, 0.0]]]])
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_max_pool_2x2_equals_naive_on_every_window_of_ties_and_specials(dtype):
+    """All 5^4 windows over {0, 1, -inf, inf, NaN}: ties, a NaN anywhere, inf - inf sums.
+    25 windows to a row, so most go through the float32 kernel's vectorised loop, and
+    each plane holds NaNs, so its in-order rescan runs too."""
+    values = np.array([0.0, 1.0, -np.inf, np.inf, np.nan])
+    windows = values[np.indices((5,) * 4).reshape(4, -1).T]       # (625, 4): a, b, c, d
+    x = windows.reshape(5, 5, 25, 2, 2).transpose(0, 1, 3, 2, 4)  # (5, 5, 2 rows, 25, 2)
+    x = np.ascontiguousarray(x.reshape(5, 5, 2, 50), dtype=dtype)
+    finite_planes = np.where(np.isfinite(x), x, 0.5)              # no NaN: no rescan
+    pool_param = {"pool_height": 2, "pool_width": 2, "stride": 2}
+    for planes in (x, finite_planes):
+        naive, naive_cache = max_pool_forward_naive(planes, pool_param)
+        fast, fast_cache = fl.max_pool_forward_fast(planes, pool_param)
+        np.testing.assert_array_equal(fast, naive)
+        dout = np.arange(1, naive.size + 1, dtype=dtype).reshape(naive.shape)
+        np.testing.assert_array_equal(fl.max_pool_backward_fast(dout, fast_cache),
+                                      max_pool_backward_naive(dout, naive_cache))
+
+
 @pytest.mark.parametrize("forward, backward", [
     *MAX_POOL_VARIANTS, (fl.max_pool_forward_reshape, fl.max_pool_backward_reshape),
 ])

@@ -44,10 +44,11 @@ def test_architecture_strings_build_or_fail_cleanly(pieces):
 
 @BUDGET
 @given(seed=st.integers(0, 2**16), nan_fraction=st.floats(0, 0.5),
-       window=st.sampled_from([(2, 2, 2), (3, 3, 1), (2, 3, 1), (3, 2, 2)]))
-def test_fast_max_pooling_equals_naive_with_nan_and_inf(seed, nan_fraction, window):
+       window=st.sampled_from([(2, 2, 2), (3, 3, 1), (2, 3, 1), (3, 2, 2)]),
+       dtype=st.sampled_from([np.float32, np.float64]))
+def test_fast_max_pooling_equals_naive_with_nan_and_inf(seed, nan_fraction, window, dtype):
     rng = np.random.default_rng(seed)
-    x = rng.standard_normal((2, 2, 7, 6))
+    x = rng.standard_normal((2, 2, 7, 22)).astype(dtype)
     specials = rng.random(x.shape)
     x[specials < nan_fraction] = np.nan
     x[(specials > 0.97)] = np.inf
@@ -56,7 +57,7 @@ def test_fast_max_pooling_equals_naive_with_nan_and_inf(seed, nan_fraction, wind
     naive, naive_cache = L.max_pool_forward_naive(x, pp)
     fast, fast_cache = fl.max_pool_forward_fast(x, pp)
     np.testing.assert_array_equal(fast, naive)
-    dout = rng.standard_normal(naive.shape)
+    dout = rng.standard_normal(naive.shape).astype(dtype)
     np.testing.assert_array_equal(fl.max_pool_backward_fast(dout, fast_cache),
                                   L.max_pool_backward_naive(dout, naive_cache))
 
