@@ -389,15 +389,23 @@ def max_pool_planes(const floating[:, :, ::1] x, floating[:, :, ::1] out,
 
 
 def max_unpool_planes(const floating[:, ::1] dout, const int[:, ::1] argmax,
-                       floating[:, ::1] dx, int threads=0):
-    """dx (planes, H W) = 0, then dx[t, argmax[t, k]] += dout[t, k] (overlaps accumulate)."""
+                       floating[:, ::1] dx, int threads=0,
+                       const floating[:, ::1] relu_out=None):
+    """dx (planes, H W) = 0, then dx[t, argmax[t, k]] += dout[t, k] (overlaps accumulate);
+    with relu_out (planes, K), dout[t, k] * (relu_out[t, k] > 0) instead: the gradient
+    through a relu that followed the pool (a product, as relu_backward's: NaN * 0 is NaN)."""
     cdef Py_ssize_t planes = dx.shape[0], HW = dx.shape[1], K = dout.shape[1]
     cdef Py_ssize_t t, k
+    cdef bint masked = relu_out is not None
     with nogil:
         for t in prange(planes, schedule="static", num_threads=_threads(threads)):
             memset(&dx[t, 0], 0, HW * sizeof(floating))
-            for k in range(K):
-                dx[t, argmax[t, k]] += dout[t, k]
+            if masked:
+                for k in range(K):
+                    dx[t, argmax[t, k]] += dout[t, k] * (relu_out[t, k] > 0)
+            else:
+                for k in range(K):
+                    dx[t, argmax[t, k]] += dout[t, k]
 
 
 def avg_pool_planes(const floating[:, :, ::1] x, floating[:, :, ::1] out, int ph, int pw,

@@ -361,10 +361,11 @@ def _conv_backward_winograd(x, w, grad, pad, dx):
 class _ConvOutput:
     """Where the fast convolution's chunks go: straight into out (N, F, H', W'), or, with
     pooling, into a scratch chunk that is max-pooled into pooled/argmax while it is still
-    in cache, so the convolution's full output is never written."""
+    in cache, so the convolution's full output is never written; with relu too, each
+    pooled chunk is then clamped at zero in place."""
 
-    def __init__(self, shape, dtype, pool=None):
-        self.shape, self.dtype, self.pool = shape, dtype, pool
+    def __init__(self, shape, dtype, pool=None, relu=False):
+        self.shape, self.dtype, self.pool, self.relu = shape, dtype, pool, relu
         self.out = np.empty(shape, dtype=dtype) if pool is None else None
         if pool is not None:
             N, F = shape[:2]
@@ -382,18 +383,20 @@ class _ConvOutput:
         if self.pool is None:
             return
         ph, pw, stride = self.pool[:3]
-        _max_pool_into(out, self.pooled[n0:n0 + nc], self.argmax[n0:n0 + nc], ph, pw, stride,
-                       threads)
+        pooled = self.pooled[n0:n0 + nc]
+        _max_pool_into(out, pooled, self.argmax[n0:n0 + nc], ph, pw, stride, threads)
+        if self.relu:
+            np.maximum(pooled, 0, out=pooled)
 
 
-def _conv_forward(x, w, b, conv_param, pool_param=None):
-    """The host fast convolution into a _ConvOutput (pooled when pool_param is given);
-    returns it and the convolution's cache."""
+def _conv_forward(x, w, b, conv_param, pool_param=None, relu=False):
+    """The host fast convolution into a _ConvOutput (pooled when pool_param is given, then
+    relu'd with relu); returns it and the convolution's cache."""
     x, w, b, (stride, pad, Ho, Wo) = _conv_operands(x, w, b, conv_param)
     N = x.shape[0]
     F, C, HH, WW = w.shape
     pool = None if pool_param is None else pool_geometry(Ho, Wo, pool_param)
-    sink = _ConvOutput((N, F, Ho, Wo), x.dtype, pool)
+    sink = _ConvOutput((N, F, Ho, Wo), x.dtype, pool, relu)
     cache = (x, w, b is not None, stride, pad)
     bias = b if b is not None else np.zeros(F, dtype=x.dtype)
     if _uses_winograd(w, stride):
@@ -427,33 +430,42 @@ def conv_forward_fast(x, w, b, conv_param):
     return sink.out, cache
 
 
-def conv_max_pool_forward_fast(x, w, b, conv_param, pool_param):
-    """conv_forward_fast followed by max_pool_forward_fast, each chunk of the convolution's
-    output pooled while it is in cache (the (N, F, H', W') output is never stored: the
-    backward pass needs only the argmax). Returns pooled (N, F, H'', W'') and
-    (conv_cache, pool_cache), the caches the two layers would return."""
+def conv_max_pool_forward_fast(x, w, b, conv_param, pool_param, relu=False):
+    """conv_forward_fast followed by max_pool_forward_fast (then relu_forward, with relu),
+    each chunk of the convolution's output pooled while it is in cache (the (N, F, H', W')
+    output is never stored: the backward pass needs only the argmax). Pooling before the
+    relu is the same function with the same gradient (relu is monotone, so it commutes
+    with max) on a pool-size times smaller relu. Returns out (N, F, H'', W'') and
+    (conv_cache, pool_cache, relu_cache): the caches the layers would return, relu_cache
+    (out itself: out > 0 where the relu passes its gradient) None without relu."""
     if not is_host(x):
-        out, conv_cache = conv_forward_gather(x, w, b, conv_param)
-        pooled, pool_cache = max_pool_forward_fast(out, pool_param)
-        return pooled, (conv_cache, pool_cache)
-    sink, conv_cache = _conv_forward(x, w, b, conv_param, pool_param)
-    return sink.pooled, (conv_cache, (sink.shape, sink.dtype, sink.argmax))
+        conv_out, conv_cache = conv_forward_gather(x, w, b, conv_param)
+        out, pool_cache = max_pool_forward_fast(conv_out, pool_param)
+        out, relu_cache = relu_forward(out) if relu else (out, None)
+        return out, (conv_cache, pool_cache, relu_cache)
+    sink, conv_cache = _conv_forward(x, w, b, conv_param, pool_param, relu)
+    return sink.pooled, (conv_cache, (sink.shape, sink.dtype, sink.argmax),
+                         sink.pooled if relu else None)
 
 
 class _ConvGradient:
     """Where the fast convolution's backward pass reads its output gradient from, chunk by
     chunk: dout (N, F, H', W') itself, or, after a fused max pool, a scratch chunk that the
-    pooled gradient is routed back into (by the pool's argmax) just before it is used."""
+    pooled gradient is routed back into (by the pool's argmax) just before it is used,
+    through the relu's mask (relu_out > 0) after a fused relu."""
 
-    def __init__(self, shape, dout=None, dpooled=None, argmax=None):
+    def __init__(self, shape, dout=None, dpooled=None, argmax=None, relu_out=None):
         self.shape, self.dout, self.dpooled, self.argmax = shape, dout, dpooled, argmax
+        self.relu_out = relu_out
 
     def chunk(self, n0, nc, threads):
         """The (nc, F, H', W') output gradient of samples n0 .. n0 + nc."""
         if self.dpooled is None:
             return self.dout[n0:n0 + nc]
         dout = _scratch("conv_output_grad", (nc, *self.shape[1:]), self.dpooled.dtype)
-        _max_unpool_into(self.dpooled[n0:n0 + nc], self.argmax[n0:n0 + nc], dout, threads)
+        relu_out = None if self.relu_out is None else self.relu_out[n0:n0 + nc]
+        _max_unpool_into(self.dpooled[n0:n0 + nc], self.argmax[n0:n0 + nc], dout, threads,
+                         relu_out)
         return dout
 
 
@@ -515,18 +527,20 @@ def conv_backward_fast(dout, cache, need_dx=True):
     return _conv_backward(_ConvGradient(shape, dout=dout), cache, need_dx)
 
 
-def conv_max_pool_backward_fast(dpooled, cache, need_dx=True):
-    """Backward of conv_max_pool_forward_fast: max_pool_backward_fast then
-    conv_backward_fast, each chunk's convolution-output gradient rebuilt from dpooled
+def conv_max_pool_backward_fast(dout, cache, need_dx=True):
+    """Backward of conv_max_pool_forward_fast: (relu_backward,) max_pool_backward_fast
+    then conv_backward_fast, each chunk's convolution-output gradient rebuilt from dout
     (N, F, H'', W'') while it is in cache. Returns dx, dw, db as conv_backward_fast."""
-    conv_cache, pool_cache = cache
-    if not is_host(dpooled):
-        return conv_backward_fast(max_pool_backward_fast(dpooled, pool_cache), conv_cache,
+    conv_cache, pool_cache, relu_cache = cache
+    if not is_host(dout):
+        if relu_cache is not None:
+            dout = relu_backward(dout, relu_cache)
+        return conv_backward_fast(max_pool_backward_fast(dout, pool_cache), conv_cache,
                                   need_dx)
     shape, dtype, argmax = pool_cache
-    dpooled = check_dout(dpooled, argmax.shape, dtype)
-    return _conv_backward(_ConvGradient(shape, dpooled=dpooled, argmax=argmax), conv_cache,
-                          need_dx)
+    dout = check_dout(dout, argmax.shape, dtype)
+    gradient = _ConvGradient(shape, dpooled=dout, argmax=argmax, relu_out=relu_cache)
+    return _conv_backward(gradient, conv_cache, need_dx)
 
 
 def conv_forward_im2col(x, w, b, conv_param):
@@ -614,12 +628,15 @@ def _max_pool_into(x, out, argmax, ph, pw, stride, threads=0):
                              argmax.reshape(N * C, Ho, Wo), ph, pw, stride, threads)
 
 
-def _max_unpool_into(dout, argmax, dx, threads=0):
-    """dx (N, C, H, W) = dout (N, C, H', W') routed to the argmax of each window."""
+def _max_unpool_into(dout, argmax, dx, threads=0, relu_out=None):
+    """dx (N, C, H, W) = dout (N, C, H', W') routed to the argmax of each window; with
+    relu_out (N, C, H', W'), dout * (relu_out > 0) (the relu after the pool's backward)."""
     N, C, H, W = dx.shape
     Ho, Wo = dout.shape[2:]
+    if relu_out is not None:
+        relu_out = relu_out.reshape(N * C, Ho * Wo)
     _kernels.max_unpool_planes(dout.reshape(N * C, Ho * Wo), argmax.reshape(N * C, Ho * Wo),
-                               dx.reshape(N * C, H * W), threads)
+                               dx.reshape(N * C, H * W), threads, relu_out)
 
 
 def max_pool_forward_fast(x, pool_param):

@@ -92,21 +92,11 @@ def conv_bn_relu_backward(dout, cache):
 
 
 def conv_relu_pool_forward(x, w, b, conv_param, pool_param):
-    """conv -> relu -> max pool.
-
-    Computed as conv -> max pool -> relu, which is the same function with the same gradient
-    (relu is monotone, so it commutes with max, and a window whose max is <= 0 gets zero
-    gradient either way) on a pool-size times smaller relu; the conv and the pool run fused
-    (conv_max_pool_forward_fast).
-    """
-    pooled, (conv_cache, pool_cache) = conv_max_pool_forward_fast(x, w, b, conv_param,
-                                                                  pool_param)
-    out, relu_cache = relu_forward(pooled)
-    return out, (conv_cache, relu_cache, pool_cache)
+    """conv -> relu -> max pool, all three fused: conv_max_pool_forward_fast with relu
+    (computed as conv -> max pool -> relu, the same function with the same gradient)."""
+    return conv_max_pool_forward_fast(x, w, b, conv_param, pool_param, relu=True)
 
 
 def conv_relu_pool_backward(dout, cache, need_dx=True):
     """Returns dx, dw, db; need_dx=False skips dx (None), for a network's first layer."""
-    conv_cache, relu_cache, pool_cache = cache
-    dpooled = relu_backward(dout, relu_cache)
-    return conv_max_pool_backward_fast(dpooled, (conv_cache, pool_cache), need_dx=need_dx)
+    return conv_max_pool_backward_fast(dout, cache, need_dx=need_dx)

@@ -20,6 +20,8 @@ from convlab.layers import (
     conv_forward_naive,
     max_pool_backward_naive,
     max_pool_forward_naive,
+    relu_backward,
+    relu_forward,
 )
 
 CONV_VARIANTS = [
@@ -477,34 +479,60 @@ def test_parallel_kernels_match_serial_ones(rng):
 ])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("bias", [True, False])
-def test_conv_max_pool_fused_equals_the_two_layers(rng, threads, geometry, pool, dtype, bias):
+@pytest.mark.parametrize("relu", [False, True])
+def test_conv_max_pool_fused_equals_the_separate_layers(rng, threads, geometry, pool, dtype,
+                                                       bias, relu):
     x, w, b, conv_param = conv_inputs(rng, geometry, dtype)
     b = b if bias else None
     ph, pw, stride = pool
     pool_param = {"pool_height": ph, "pool_width": pw, "stride": stride}
-    pooled, (conv_cache, pool_cache) = fl.conv_max_pool_forward_fast(x, w, b, conv_param,
-                                                                     pool_param)
+    pooled, cache = fl.conv_max_pool_forward_fast(x, w, b, conv_param, pool_param, relu=relu)
+    conv_cache, pool_cache, relu_cache = cache
     out, want_conv_cache = fl.conv_forward_fast(x, w, b, conv_param)
     want, want_pool_cache = fl.max_pool_forward_fast(out, pool_param)
+    if relu:
+        want, want_relu_cache = relu_forward(want)
+        np.testing.assert_array_equal(relu_cache, want)
+    else:
+        assert relu_cache is None
     np.testing.assert_array_equal(pooled, want)  # the same kernels on the same chunks
     assert pooled.dtype == dtype
     np.testing.assert_array_equal(pool_cache[2], want_pool_cache[2])
     assert pool_cache[:2] == want_pool_cache[:2]
+
+    def separate_backward(dpooled):
+        if relu:
+            dpooled = relu_backward(dpooled, want_relu_cache)
+        return fl.conv_backward_fast(fl.max_pool_backward_fast(dpooled, pool_cache),
+                                     conv_cache)
+
     dpooled = rng.standard_normal(pooled.shape).astype(dtype)
-    fused = fl.conv_max_pool_backward_fast(dpooled, (conv_cache, pool_cache))
-    separate = fl.conv_backward_fast(fl.max_pool_backward_fast(dpooled, pool_cache), conv_cache)
+    fused = fl.conv_max_pool_backward_fast(dpooled, cache)
+    separate = separate_backward(dpooled)
     for got, want_ in zip(fused, separate, strict=True):
         if want_ is None:
             assert got is None
         else:
             np.testing.assert_array_equal(got, want_)
-    dx, dw, _ = fl.conv_max_pool_backward_fast(dpooled, (conv_cache, pool_cache), need_dx=False)
+    dx, dw, _ = fl.conv_max_pool_backward_fast(dpooled, cache, need_dx=False)
     assert dx is None
     np.testing.assert_array_equal(dw, separate[1])
+    if relu and (pooled == 0).any():
+        # A NaN gradient on a window the relu closes comes through as NaN, as
+        # relu_backward's product (NaN * 0) makes it, not dropped by the mask.
+        poisoned = dpooled.copy()
+        poisoned[tuple(np.argwhere(pooled == 0)[0])] = np.nan
+        got_dw = fl.conv_max_pool_backward_fast(poisoned, cache)[1]
+        assert np.isnan(got_dw).any()
+        np.testing.assert_array_equal(got_dw, separate_backward(poisoned)[1])
+    naive_pool_cache = max_pool_forward_naive(conv_forward_naive(x, w, b, conv_param)[0],
+                                              pool_param)[1]
+    naive_dpooled = dpooled * (want > 0) if relu else dpooled
     for got, ref in zip(fused,
-                        conv_backward_naive(max_pool_backward_naive(
-                            dpooled, max_pool_forward_naive(out, pool_param)[1]),
-                            conv_forward_naive(x, w, b, conv_param)[1]), strict=True):
+                        conv_backward_naive(max_pool_backward_naive(naive_dpooled,
+                                                                    naive_pool_cache),
+                                            conv_forward_naive(x, w, b, conv_param)[1]),
+                        strict=True):
         if ref is None:
             assert got is None
         else:

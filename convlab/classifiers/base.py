@@ -158,6 +158,10 @@ class Classifier:
     def _l2(self, weight_names, grads):
         """Adds 0.5 * reg * sum(W**2) to the loss and reg * W to each weight's gradient."""
         penalty = 0.0
+        if self.reg == 0:
+            # Four passes over every weight matrix for nothing (about 3% of a
+            # ThreeLayerConvNet step); a NaN weight reaches the loss through the scores.
+            return penalty
         for name in weight_names:
             W = self.params[name]
             penalty += 0.5 * self.reg * float((W * W).sum())
