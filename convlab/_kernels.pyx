@@ -860,6 +860,87 @@ cdef void _input_grad_tiles(const floating* v, Py_ssize_t k_stride, floating* pl
     free(u)
 
 
+# Elements summed per task by winograd_filter_grad_transform: a few KiB of each share.
+cdef enum:
+    _SUM_BLOCK = 2048
+
+
+cdef inline void _filter_tile(const floating* g, floating* u,
+                              Py_ssize_t k_stride) noexcept nogil:
+    """u[k_stride (4 i + j)] = (G g G^T)[i, j] for the 3x3 filter g (row-major), with
+    G = [[1, 0, 0], [1/2, 1/2, 1/2], [1/2, -1/2, 1/2], [0, 0, 1]]."""
+    cdef floating Gg[12]  # (4, 3): G g
+    cdef floating half = 0.5
+    cdef Py_ssize_t i, b
+    for b in range(3):
+        Gg[b] = g[b]
+        Gg[3 + b] = (g[b] + g[3 + b] + g[6 + b]) * half
+        Gg[6 + b] = (g[b] - g[3 + b] + g[6 + b]) * half
+        Gg[9 + b] = g[6 + b]
+    for i in range(4):
+        u[k_stride * (4 * i)] = Gg[3 * i]
+        u[k_stride * (4 * i + 1)] = (Gg[3 * i] + Gg[3 * i + 1] + Gg[3 * i + 2]) * half
+        u[k_stride * (4 * i + 2)] = (Gg[3 * i] - Gg[3 * i + 1] + Gg[3 * i + 2]) * half
+        u[k_stride * (4 * i + 3)] = Gg[3 * i + 2]
+
+
+cdef inline void _filter_grad_tile(const double* d, Py_ssize_t k_stride,
+                                   floating* dg) noexcept nogil:
+    """dg (3x3, row-major) = G^T d G for the 4x4 d whose element k is d[k k_stride]: the
+    adjoint of _filter_tile."""
+    cdef double Gd[12]  # (3, 4): G^T d
+    cdef Py_ssize_t a, j
+    for j in range(4):
+        Gd[j] = d[k_stride * j] + (d[k_stride * (4 + j)] + d[k_stride * (8 + j)]) * 0.5
+        Gd[4 + j] = (d[k_stride * (4 + j)] - d[k_stride * (8 + j)]) * 0.5
+        Gd[8 + j] = (d[k_stride * (4 + j)] + d[k_stride * (8 + j)]) * 0.5 + d[k_stride * (12 + j)]
+    for a in range(3):
+        dg[3 * a] = <floating>(Gd[4 * a] + (Gd[4 * a + 1] + Gd[4 * a + 2]) * 0.5)
+        dg[3 * a + 1] = <floating>((Gd[4 * a + 1] - Gd[4 * a + 2]) * 0.5)
+        dg[3 * a + 2] = <floating>((Gd[4 * a + 1] + Gd[4 * a + 2]) * 0.5 + Gd[4 * a + 3])
+
+
+def winograd_filter_transform(const floating[:, :, :, ::1] w, floating[:, :, ::1] U,
+                              bint transposed=False, int threads=0):
+    """U[4 i + j, f, c] = (G g G^T)[i, j] of every 3x3 filter g = w[f, c]: U (16, F, C),
+    or (16, C, F) holding U[4 i + j, c, f] with transposed (the layout of dx's GEMMs)."""
+    cdef Py_ssize_t F = w.shape[0], C = w.shape[1]
+    cdef Py_ssize_t f, c
+    with nogil:
+        for f in prange(F, schedule="static", num_threads=_threads(threads)):
+            for c in range(C):
+                _filter_tile(&w[f, c, 0, 0], &U[0, c, f] if transposed else &U[0, f, c],
+                             F * C)
+
+
+def winograd_filter_grad_transform(const floating[:, :, :, ::1] dU_shares,
+                                   double[:, :, ::1] dU, floating[:, :, :, ::1] dw,
+                                   int threads=0):
+    """dw[f, c] (3x3) = G^T d G, where d (4x4) is the sum of dU_shares[s, :, f, c] over the
+    shares s (the chunks'), added in share order in double, so the result does not depend
+    on which thread computed which share. dU_shares (S, 16, F, C); dU (16, F, C) is
+    scratch that receives the sums; dw (F, C, 3, 3)."""
+    cdef Py_ssize_t S = dU_shares.shape[0], F = dw.shape[0], C = dw.shape[1]
+    cdef Py_ssize_t E = 16 * F * C
+    cdef Py_ssize_t blocks = (E + _SUM_BLOCK - 1) // _SUM_BLOCK
+    cdef Py_ssize_t block, e, e_end, s, f, c
+    cdef const floating* shares = &dU_shares[0, 0, 0, 0]
+    cdef double* sums = &dU[0, 0, 0]
+    with nogil:
+        # The shares are summed block by block, each block's S rows read as they lie in
+        # memory: row by row per (f, c) would jump S 16 times across the array per filter.
+        for block in prange(blocks, schedule="static", num_threads=_threads(threads)):
+            e_end = min(E, (block + 1) * _SUM_BLOCK)
+            for e in range(block * _SUM_BLOCK, e_end):
+                sums[e] = shares[e]
+            for s in range(1, S):
+                for e in range(block * _SUM_BLOCK, e_end):
+                    sums[e] += shares[s * E + e]
+        for f in prange(F, schedule="static", num_threads=_threads(threads)):
+            for c in range(C):
+                _filter_grad_tile(&dU[0, f, c], F * C, &dw[f, c, 0, 0])
+
+
 def winograd_input_transform(const floating[:, :, :, ::1] x, floating[:, :, :] V,
                              Py_ssize_t n0, int pad, Py_ssize_t th, Py_ssize_t tw,
                              int threads=0):

@@ -274,31 +274,13 @@ def _winograd_chunks(N, C, F, T, itemsize):
                           per_chunk_budget=True)
 
 
-def _apply_G(g, axis):
-    """G (4 x 3) applied along ``axis`` (of length 3) of g, the rows stacked as a new
-    leading axis. The filter transform of F(2x2, 3x3) is U = G g G^T with
-    G = [[1, 0, 0], [1/2, 1/2, 1/2], [1/2, -1/2, 1/2], [0, 0, 1]]: rows g0,
-    (g0 + g1 + g2) / 2, (g0 - g1 + g2) / 2, g2. Elementwise, not a GEMM: a multithreaded
-    BLAS call here would leave its threads spinning on the cores the chunk workers use."""
-    g0, g1, g2 = (np.take(g, k, axis=axis) for k in range(3))
-    half = g.dtype.type(0.5)
-    return np.stack([g0, half * (g0 + g1 + g2), half * (g0 - g1 + g2), g2])
-
-
-def _apply_G_transposed(u, axis):
-    """G^T (3 x 4) applied along ``axis`` (of length 4) of u: rows u0 + (u1 + u2) / 2,
-    (u1 - u2) / 2, (u1 + u2) / 2 + u3, stacked as a new leading axis."""
-    u0, u1, u2, u3 = (np.take(u, k, axis=axis) for k in range(4))
-    half = u.dtype.type(0.5)
-    return np.stack([u0 + half * (u1 + u2), half * (u1 - u2), half * (u1 + u2) + u3])
-
-
-def _winograd_filters(w):
-    """U (16, F, C) = G g G^T of every 3x3 filter g = w[f, c]: U[4 i + j, f, c]."""
+def _winograd_filters(w, transposed=False):
+    """U (16, F, C) = G g G^T of every 3x3 filter g = w[f, c]: U[4 i + j, f, c]; or
+    (16, C, F) with transposed (see _kernels.winograd_filter_transform)."""
     F, C = w.shape[:2]
-    Gg = _apply_G(w, axis=2)     # (4, F, C, 3): G g, rows i
-    U = _apply_G(Gg, axis=3)     # (4 j, 4 i, F, C): (G g) G^T, columns j
-    return np.ascontiguousarray(U.transpose(1, 0, 2, 3)).reshape(16, F, C)
+    U = np.empty((16, C, F) if transposed else (16, F, C), dtype=w.dtype)
+    _kernels.winograd_filter_transform(w, U, transposed)
+    return U
 
 
 def _conv_forward_winograd(x, w, bias, pad, sink):
@@ -330,7 +312,7 @@ def _conv_backward_winograd(x, w, grad, pad, dx):
     F, Ho, Wo = grad.shape[1:]
     th, tw = _winograd_tiles(Ho, Wo)
     T = th * tw
-    U_t = np.ascontiguousarray(_winograd_filters(w).transpose(0, 2, 1))  # (16, C, F)
+    U_t = _winograd_filters(w, transposed=True) if dx is not None else None  # (16, C, F)
     bias_parts = np.empty((N, F))  # float64 sums of dout per (sample, filter)
     chunks = _winograd_chunks(N, C, F, T, x.itemsize)
     # Each chunk's share of dU in a slot of its own, allocated here once: allocating them
@@ -352,10 +334,13 @@ def _conv_backward_winograd(x, w, grad, pad, dx):
 
     map_chunks(chunk, chunks)
     # Summed in chunk order: the same result whichever thread computed which share.
-    dU = dU_shares.sum(axis=0) if chunks else np.zeros((16, F, C), dtype=x.dtype)
-    GdU = _apply_G_transposed(dU.reshape(4, 4, F, C), axis=0)  # (3 a, 4 j, F, C): G^T dU
-    dw = _apply_G_transposed(GdU, axis=1)                       # (3 b, 3 a, F, C): ... G
-    return np.ascontiguousarray(dw.transpose(2, 3, 1, 0)), bias_parts.sum(axis=0)
+    dw = np.zeros((F, C, 3, 3), dtype=x.dtype)
+    if chunks:
+        # dw = G^T dU G of the shares' sum, summed in chunk order: the same result whichever
+        # thread computed which share.
+        dU = _scratch("winograd_dU", (16, F, C), np.float64)
+        _kernels.winograd_filter_grad_transform(dU_shares, dU, dw)
+    return dw, bias_parts.sum(axis=0)
 
 
 class _ConvOutput:
