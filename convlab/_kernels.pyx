@@ -62,6 +62,41 @@ def get_num_threads():
     return _num_threads
 
 
+cdef int _require(bint ok, str what) except -1:
+    """Raise ValueError naming what the arguments must satisfy: the kernels index without
+    bounds checks, so a caller's shape mistake must stop here, not corrupt memory."""
+    if not ok:
+        raise ValueError(f"convlab._kernels: expected {what}")
+    return 0
+
+
+cdef int _require_columns(Py_ssize_t N, Py_ssize_t C, Py_ssize_t H, Py_ssize_t W,
+                          Py_ssize_t rows, Py_ssize_t cols, Py_ssize_t n0, int fh, int fw,
+                          int pad, int stride, Py_ssize_t Ho, Py_ssize_t Wo) except -1:
+    """The sample-major column kernels' contract: cols (C fh fw, nc H' W') for samples
+    n0 .. n0 + nc of an (N, C, H, W) array, H' x W' the convolution's output size."""
+    _require(fh >= 1 and fw >= 1 and pad >= 0 and stride >= 1, "fh, fw, stride >= 1, pad >= 0")
+    _require(Ho == (H + 2 * pad - fh) // stride + 1 and Wo == (W + 2 * pad - fw) // stride + 1
+             and Ho >= 1 and Wo >= 1, "Ho, Wo the output size of this convolution")
+    _require(rows == C * fh * fw and cols % (Ho * Wo) == 0,
+             "cols of shape (C fh fw, nc Ho Wo)")
+    _require(0 <= n0 and n0 + cols // (Ho * Wo) <= N, "samples n0 .. n0 + nc within the batch")
+    return 0
+
+
+cdef int _require_tiles(Py_ssize_t N, Py_ssize_t channels, Py_ssize_t Ho, Py_ssize_t Wo,
+                        Py_ssize_t planes, Py_ssize_t rows, Py_ssize_t cols, Py_ssize_t n0,
+                        Py_ssize_t th, Py_ssize_t tw) except -1:
+    """The Winograd transforms' contract: a (16, channels, nc th tw) array of the tiles of
+    samples n0 .. n0 + nc, th x tw the 2x2 tiles that cover an Ho x Wo output."""
+    _require(Ho >= 1 and Wo >= 1 and th == (Ho + 1) // 2 and tw == (Wo + 1) // 2,
+             "th, tw = ceil(Ho / 2), ceil(Wo / 2) tiles")
+    _require(planes == 16 and rows == channels and cols % (th * tw) == 0,
+             "tiles of shape (16, channels, nc th tw)")
+    _require(0 <= n0 and n0 + cols // (th * tw) <= N, "samples n0 .. n0 + nc within the batch")
+    return 0
+
+
 # ============================================================================ C helpers
 
 
@@ -165,8 +200,10 @@ def im2col_samples(const floating[:, :, :, ::1] x, floating[:, ::1] cols, Py_ssi
     """Columns of samples n0 .. n0 + nc of x into cols (C fh fw, nc H' W'), sample-major."""
     cdef Py_ssize_t C = x.shape[1], H = x.shape[2], W = x.shape[3]
     cdef Py_ssize_t P = Ho * Wo
-    cdef Py_ssize_t nc = cols.shape[1] // P
+    cdef Py_ssize_t nc = cols.shape[1] // P if P > 0 else 0
     cdef Py_ssize_t task, row, n, c, i, j
+    _require_columns(x.shape[0], C, H, W, cols.shape[0], cols.shape[1], n0, fh, fw, pad,
+                     stride, Ho, Wo)
     with nogil:
         # One task per (row, sample): a contiguous run of P outputs, enough tasks to balance.
         for task in prange(C * fh * fw * nc, schedule="static", num_threads=_threads(threads)):
@@ -185,9 +222,11 @@ def col2im_samples(const floating[:, ::1] cols, floating[:, :, :, ::1] dx, Py_ss
     """dx[n0 .. n0 + nc] = adjoint of im2col_samples applied to cols (overwrites dx)."""
     cdef Py_ssize_t C = dx.shape[1], H = dx.shape[2], W = dx.shape[3]
     cdef Py_ssize_t P = Ho * Wo
-    cdef Py_ssize_t nc = cols.shape[1] // P
+    cdef Py_ssize_t nc = cols.shape[1] // P if P > 0 else 0
     cdef Py_ssize_t task, n, c, i, j
     cdef floating* plane
+    _require_columns(dx.shape[0], C, H, W, cols.shape[0], cols.shape[1], n0, fh, fw, pad,
+                     stride, Ho, Wo)
     with nogil:
         # Each task owns one (sample, channel) plane, so the accumulation needs no atomics.
         for task in prange(nc * C, schedule="static", num_threads=_threads(threads)):
@@ -209,6 +248,8 @@ def rows_to_samples(const floating[:, ::1] rows, const floating[::1] bias,
     cdef floating shift
     cdef const floating* src
     cdef floating* dst
+    _require(rows.shape[0] == F and rows.shape[1] == nc * P and bias.shape[0] == F,
+             "rows (F, nc P) and bias (F,) for out (nc, F, P)")
     with nogil:
         for task in prange(nc * F, schedule="static", num_threads=_threads(threads)):
             n = task // F
@@ -226,6 +267,8 @@ def samples_to_rows(const floating[:, :, ::1] dout, floating[:, ::1] rows,
     cdef Py_ssize_t nc = dout.shape[0], F = dout.shape[1], P = dout.shape[2]
     cdef Py_ssize_t n, f
     cdef double total
+    _require(rows.shape[0] == F and rows.shape[1] == nc * P and bias_grad.shape[0] == F,
+             "rows (F, nc P) and bias_grad (F,) for dout (nc, F, P)")
     with nogil:
         for f in prange(F, schedule="static", num_threads=_threads(threads)):
             total = 0
@@ -906,6 +949,10 @@ def winograd_filter_transform(const floating[:, :, :, ::1] w, floating[:, :, ::1
     or (16, C, F) holding U[4 i + j, c, f] with transposed (the layout of dx's GEMMs)."""
     cdef Py_ssize_t F = w.shape[0], C = w.shape[1]
     cdef Py_ssize_t f, c
+    _require(w.shape[2] == 3 and w.shape[3] == 3 and U.shape[0] == 16
+             and U.shape[1] == (C if transposed else F)
+             and U.shape[2] == (F if transposed else C),
+             "w (F, C, 3, 3) and U (16, F, C), or (16, C, F) transposed")
     with nogil:
         for f in prange(F, schedule="static", num_threads=_threads(threads)):
             for c in range(C):
@@ -924,8 +971,14 @@ def winograd_filter_grad_transform(const floating[:, :, :, ::1] dU_shares,
     cdef Py_ssize_t E = 16 * F * C
     cdef Py_ssize_t blocks = (E + _SUM_BLOCK - 1) // _SUM_BLOCK
     cdef Py_ssize_t block, e, e_end, s, f, c
-    cdef const floating* shares = &dU_shares[0, 0, 0, 0]
-    cdef double* sums = &dU[0, 0, 0]
+    cdef const floating* shares
+    cdef double* sums
+    _require(S >= 1 and dU_shares.shape[1] == 16 and dU_shares.shape[2] == F
+             and dU_shares.shape[3] == C and dw.shape[2] == 3 and dw.shape[3] == 3
+             and dU.shape[0] == 16 and dU.shape[1] == F and dU.shape[2] == C,
+             "dU_shares (S >= 1, 16, F, C), dU (16, F, C) and dw (F, C, 3, 3)")
+    shares = &dU_shares[0, 0, 0, 0]
+    sums = &dU[0, 0, 0]
     with nogil:
         # The shares are summed block by block, each block's S rows read as they lie in
         # memory: row by row per (f, c) would jump S 16 times across the array per filter.
@@ -947,9 +1000,11 @@ def winograd_input_transform(const floating[:, :, :, ::1] x, floating[:, :, :] V
     """V (16, C, nc th tw) = B^T d B of every input tile of samples n0 .. n0 + nc."""
     cdef Py_ssize_t C = x.shape[1], H = x.shape[2], W = x.shape[3]
     cdef Py_ssize_t T = th * tw
-    cdef Py_ssize_t nc = V.shape[2] // T
+    cdef Py_ssize_t nc = V.shape[2] // T if T > 0 else 0
     cdef Py_ssize_t k_stride = V.strides[0] // sizeof(floating)
     cdef Py_ssize_t task, n, c
+    _require_tiles(x.shape[0], C, H + 2 * pad - 2, W + 2 * pad - 2, V.shape[0], V.shape[1],
+                   V.shape[2], n0, th, tw)
     with nogil:
         for task in prange(nc * C, schedule="static", num_threads=_threads(threads)):
             n = task // C
@@ -963,9 +1018,11 @@ def winograd_output_transform(const floating[:, :, :] M, const floating[::1] bia
     """out[n0 .. n0 + nc] = A^T m A + bias for every tile's 16 products m in M."""
     cdef Py_ssize_t F = out.shape[1], Ho = out.shape[2], Wo = out.shape[3]
     cdef Py_ssize_t T = th * tw
-    cdef Py_ssize_t nc = M.shape[2] // T
+    cdef Py_ssize_t nc = M.shape[2] // T if T > 0 else 0
     cdef Py_ssize_t k_stride = M.strides[0] // sizeof(floating)
     cdef Py_ssize_t task, n, f
+    _require_tiles(out.shape[0], F, Ho, Wo, M.shape[0], M.shape[1], M.shape[2], n0, th, tw)
+    _require(bias.shape[0] == F, "bias (F,)")
     with nogil:
         for task in prange(nc * F, schedule="static", num_threads=_threads(threads)):
             n = task // F
@@ -981,9 +1038,12 @@ def winograd_output_grad_transform(const floating[:, :, :, ::1] dout, floating[:
     past the edge); bias_grad[n, f] = the sum of dout[n0 + n, f]."""
     cdef Py_ssize_t F = dout.shape[1], Ho = dout.shape[2], Wo = dout.shape[3]
     cdef Py_ssize_t T = th * tw
-    cdef Py_ssize_t nc = dM.shape[2] // T
+    cdef Py_ssize_t nc = dM.shape[2] // T if T > 0 else 0
     cdef Py_ssize_t k_stride = dM.strides[0] // sizeof(floating)
     cdef Py_ssize_t task, n, f
+    _require_tiles(dout.shape[0], F, Ho, Wo, dM.shape[0], dM.shape[1], dM.shape[2], n0, th,
+                   tw)
+    _require(bias_grad.shape[0] >= nc and bias_grad.shape[1] == F, "bias_grad (nc, F)")
     with nogil:
         for task in prange(nc * F, schedule="static", num_threads=_threads(threads)):
             n = task // F
@@ -999,9 +1059,11 @@ def winograd_input_grad_transform(const floating[:, :, :] dV, floating[:, :, :, 
     position (overwrites dx; values in the padding are dropped)."""
     cdef Py_ssize_t C = dx.shape[1], H = dx.shape[2], W = dx.shape[3]
     cdef Py_ssize_t T = th * tw
-    cdef Py_ssize_t nc = dV.shape[2] // T
+    cdef Py_ssize_t nc = dV.shape[2] // T if T > 0 else 0
     cdef Py_ssize_t k_stride = dV.strides[0] // sizeof(floating)
     cdef Py_ssize_t task, n, c
+    _require_tiles(dx.shape[0], C, H + 2 * pad - 2, W + 2 * pad - 2, dV.shape[0],
+                   dV.shape[1], dV.shape[2], n0, th, tw)
     with nogil:
         # Each task owns one (sample, channel) plane, so overlapping tiles need no atomics.
         for task in prange(nc * C, schedule="static", num_threads=_threads(threads)):

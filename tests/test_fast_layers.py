@@ -1,5 +1,6 @@
 """convlab.fast_layers: equal to the naive layers, correct gradients, dtypes kept, clear errors."""
 
+import re
 import threading
 
 import numpy as np
@@ -894,3 +895,48 @@ def test_fast_spatial_batchnorm_rejects_bad_input(rng):
     _, cache = fl.spatial_batchnorm_forward_fast(x, np.ones(3), np.zeros(3), {"mode": "train"})
     with pytest.raises(ValueError, match="dout must have shape"):
         fl.spatial_batchnorm_backward_fast(np.ones((2, 3, 4, 5)), cache)
+
+
+# ------------------------------------------------- the kernels' own argument checks
+
+
+def _bad_kernel_calls():
+    """Calls whose arrays do not fit together: the kernels index without bounds checks, so
+    each must raise before touching memory."""
+    k = fl._kernels
+    f4 = np.float32
+    x = np.zeros((2, 3, 5, 5), f4)
+    yield "Ho, Wo", lambda: k.im2col_samples(x, np.zeros((27, 50), f4), 0, 3, 3, 1, 1, 6, 5)
+    yield "cols of shape", lambda: k.im2col_samples(x, np.zeros((26, 50), f4), 0, 3, 3, 1, 1,
+                                                    5, 5)
+    yield "within the batch", lambda: k.im2col_samples(x, np.zeros((27, 50), f4), 1, 3, 3, 1,
+                                                       1, 5, 5)
+    yield "within the batch", lambda: k.col2im_samples(np.zeros((27, 75), f4), x, 0, 3, 3, 1,
+                                                       1, 5, 5)
+    yield "rows (F, nc P)", lambda: k.rows_to_samples(np.zeros((4, 9), f4), np.zeros(4, f4),
+                                                      np.zeros((2, 4, 5), f4))
+    yield "rows (F, nc P)", lambda: k.samples_to_rows(np.zeros((2, 4, 5), f4),
+                                                      np.zeros((4, 10), f4), np.zeros(3))
+    yield "U (16, F, C)", lambda: k.winograd_filter_transform(np.zeros((4, 3, 3, 3), f4),
+                                                              np.zeros((16, 3, 4), f4))
+    yield "dU_shares", lambda: k.winograd_filter_grad_transform(
+        np.zeros((0, 16, 4, 3), f4), np.zeros((16, 4, 3)), np.zeros((4, 3, 3, 3), f4))
+    x16 = np.zeros((2, 16, 6, 6), f4)  # Ho = Wo = 6 at pad 1: 3 x 3 tiles
+    yield "tiles", lambda: k.winograd_input_transform(x16, np.zeros((16, 16, 8), f4), 0, 1,
+                                                      2, 4)
+    yield "tiles of shape", lambda: k.winograd_input_transform(x16, np.zeros((16, 15, 9), f4),
+                                                               0, 1, 3, 3)
+    yield "within the batch", lambda: k.winograd_input_transform(
+        x16, np.zeros((16, 16, 27), f4), 0, 1, 3, 3)
+    yield "bias (F,)", lambda: k.winograd_output_transform(
+        np.zeros((16, 4, 9), f4), np.zeros(3, f4), np.zeros((2, 4, 6, 6), f4), 0, 3, 3)
+    yield "within the batch", lambda: k.winograd_output_grad_transform(
+        np.zeros((2, 4, 6, 6), f4), np.zeros((16, 4, 9), f4), np.zeros((1, 4)), 2, 3, 3)
+    yield "tiles", lambda: k.winograd_input_grad_transform(np.zeros((16, 16, 0), f4), x16, 0,
+                                                           1, 0, 0)
+
+
+@pytest.mark.parametrize("match, call", list(_bad_kernel_calls()))
+def test_kernels_reject_arrays_that_do_not_fit_together(match, call):
+    with pytest.raises(ValueError, match=re.escape(match)):
+        call()
