@@ -333,7 +333,6 @@ def _conv_backward_winograd(x, w, grad, pad, dx):
             _kernels.winograd_input_grad_transform(V, dx, n0, pad, th, tw, threads)
 
     map_chunks(chunk, chunks)
-    # Summed in chunk order: the same result whichever thread computed which share.
     dw = np.zeros((F, C, 3, 3), dtype=x.dtype)
     if chunks:
         # dw = G^T dU G of the shares' sum, summed in chunk order: the same result whichever
