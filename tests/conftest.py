@@ -27,8 +27,9 @@ def away_from_zero(x, margin=1e-2):
     return np.where(np.abs(x) < margin, np.copysign(margin, x) + x, x)
 
 
-def check_layer_gradients(forward, backward, inputs, rng, tol=GRAD_TOL):
-    """Compare backward(dout, cache) with numerical gradients of every input in ``inputs``.
+def check_layer_gradients(forward, backward, inputs, rng, tol=GRAD_TOL, h=1e-5):
+    """Compare backward(dout, cache) with numerical gradients of every input in ``inputs``
+    (centred differences with step h).
 
     forward: f(*inputs) -> (out, cache); backward returns the gradients in input order (or a
     single array for one input). Returns the relative errors.
@@ -48,7 +49,7 @@ def check_layer_gradients(forward, backward, inputs, rng, tol=GRAD_TOL):
             args[i] = v
             return forward(*args)[0]
 
-        numeric = eval_numerical_gradient_array(f_of_input, x, dout)
+        numeric = eval_numerical_gradient_array(f_of_input, x, dout, h)
         err = rel_error(analytic[i], numeric)
         assert err < tol, f"gradient of input {i} has relative error {err:.2e} > {tol:.0e}"
         errors.append(err)

@@ -349,10 +349,12 @@ def test_winograd_conv_is_independent_of_chunking(rng, monkeypatch, chunk_bytes)
 def test_winograd_conv_gradients_numerically(rng):
     x, w, b, conv_param = conv_inputs(rng, (2, 16, 5, 4, 3, 3, 3, 1, 1))
     assert fl._uses_winograd(w, 1)
-    # 1e-6: the centred differences' round-off over 16-channel sums, relative to the
-    # smallest entries of dx, reaches 1e-6; a wrong transform is off by O(1).
+    # The convolution is linear in each input, so a centred difference of any step has no
+    # truncation error, only round-off, which a step of 1 makes 1e5 times smaller than the
+    # default 1e-5 does (that one's reached 1e-6 relative to dx's smallest entries, over
+    # 16-channel sums, depending on the BLAS kernel). A wrong transform is off by O(1).
     check_layer_gradients(lambda x_, w_, b_: fl.conv_forward_fast(x_, w_, b_, conv_param),
-                          fl.conv_backward_fast, (x, w, b), rng, tol=1e-6)
+                          fl.conv_backward_fast, (x, w, b), rng, tol=1e-9, h=1.0)
 
 
 # The filter transform's matrix, written out independently of the kernels.
