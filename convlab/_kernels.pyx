@@ -796,53 +796,70 @@ cdef void _output_tiles(const floating* m, Py_ssize_t k_stride, floating bias, f
     free(rows)
 
 
+cdef inline void _a_rows(const floating* x, const floating* y, floating* out,
+                         Py_ssize_t stride, Py_ssize_t T) noexcept nogil:
+    """out's rows 0..3 (stride apart) = A (x, y) for every t < T: x, x + y, x - y, -y, with
+    A = [[1, 0], [1, 1], [1, -1], [0, -1]] (F(2x2, 3x3)'s output-gradient transform). A
+    loop a row: each has one store stream, which gcc vectorises with a run-time overlap
+    check; it gives up on a loop of four."""
+    cdef Py_ssize_t t
+    cdef floating* out1 = out + stride
+    cdef floating* out2 = out + 2 * stride
+    cdef floating* out3 = out + 3 * stride
+    for t in range(T):
+        out[t] = x[t]
+    for t in range(T):
+        out1[t] = x[t] + y[t]
+    for t in range(T):
+        out2[t] = x[t] - y[t]
+    for t in range(T):
+        out3[t] = -y[t]
+
+
+cdef inline void _split_pairs(const floating* row, Py_ssize_t W, floating* even,
+                              floating* odd, Py_ssize_t tw) noexcept nogil:
+    """even[tx], odd[tx] = row[2 tx], row[2 tx + 1] for tx < tw, zero past the row's W."""
+    cdef Py_ssize_t tx, half = W // 2
+    for tx in range(half):
+        even[tx] = row[2 * tx]
+    for tx in range(half):
+        odd[tx] = row[2 * tx + 1]
+    if W % 2:
+        even[half] = row[W - 1]
+        odd[half] = 0
+
+
 cdef double _output_grad_tiles(const floating* plane, Py_ssize_t Ho, Py_ssize_t Wo,
                                Py_ssize_t th, Py_ssize_t tw, floating* dm,
                                Py_ssize_t k_stride) noexcept nogil:
     """dm = A dy A^T of every tile; returns the sum of the plane."""
-    # Two rows of dout at a time, zero-padded to the tiles' width 2 tw.
-    cdef floating* rows = <floating*> malloc(4 * tw * sizeof(floating))
-    cdef floating* row1 = rows + 2 * tw
-    cdef floating* out
-    cdef floating a0, a1, b0, b1, r0, r1, p0, p1
-    cdef double total = 0
-    cdef Py_ssize_t ty, tx, i, x
+    # Every tile's dy = [[a0, a1], [b0, b1]] is first split into four arrays over the
+    # tiles (zero past an odd edge); then A on the left, per column (a, b): the rows
+    # a, a + b, a - b, -b of each column in c (8 T); then A^T on the right, per row of
+    # that: dm's 16 planes. Each pass runs over all T tiles of the plane, not a row of
+    # tiles: 4-16 tiles a row is too short a loop to vectorise well.
+    cdef Py_ssize_t T = th * tw
+    cdef floating* corners = <floating*> malloc(12 * T * sizeof(floating))
+    cdef floating* a0 = corners
+    cdef floating* a1 = corners + T
+    cdef floating* b0 = corners + 2 * T
+    cdef floating* b1 = corners + 3 * T
+    cdef floating* c = corners + 4 * T  # (2 columns, 4 rows, T): A dy
+    cdef Py_ssize_t ty, i
+    cdef double total
     for ty in range(th):
-        for i in range(2):
-            memset(rows + i * 2 * tw, 0, 2 * tw * sizeof(floating))
-            if 2 * ty + i < Ho:
-                memcpy(rows + i * 2 * tw, plane + (2 * ty + i) * Wo, Wo * sizeof(floating))
-        for x in range(2 * tw):
-            total += rows[x] + row1[x]
-        out = dm + ty * tw
-        for tx in range(tw):
-            a0 = rows[2 * tx]  # dy = [[a0, a1], [b0, b1]]
-            a1 = rows[2 * tx + 1]
-            b0 = row1[2 * tx]
-            b1 = row1[2 * tx + 1]
-            # r = A dy: rows a, a + b, a - b, -b; then dm = r A^T: columns c0, c0 + c1,
-            # c0 - c1, -c1 of each row (c0, c1).
-            r0 = a0 + b0
-            r1 = a1 + b1
-            p0 = a0 - b0
-            p1 = a1 - b1
-            out[tx] = a0
-            out[k_stride + tx] = a0 + a1
-            out[2 * k_stride + tx] = a0 - a1
-            out[3 * k_stride + tx] = -a1
-            out[4 * k_stride + tx] = r0
-            out[5 * k_stride + tx] = r0 + r1
-            out[6 * k_stride + tx] = r0 - r1
-            out[7 * k_stride + tx] = -r1
-            out[8 * k_stride + tx] = p0
-            out[9 * k_stride + tx] = p0 + p1
-            out[10 * k_stride + tx] = p0 - p1
-            out[11 * k_stride + tx] = -p1
-            out[12 * k_stride + tx] = -b0
-            out[13 * k_stride + tx] = -b0 - b1
-            out[14 * k_stride + tx] = b1 - b0
-            out[15 * k_stride + tx] = b1
-    free(rows)
+        _split_pairs(plane + 2 * ty * Wo, Wo, a0 + ty * tw, a1 + ty * tw, tw)
+        if 2 * ty + 1 < Ho:
+            _split_pairs(plane + (2 * ty + 1) * Wo, Wo, b0 + ty * tw, b1 + ty * tw, tw)
+        else:
+            memset(b0 + ty * tw, 0, tw * sizeof(floating))
+            memset(b1 + ty * tw, 0, tw * sizeof(floating))
+    total = _sum(corners, 4 * T)
+    _a_rows(a0, b0, c, T, T)
+    _a_rows(a1, b1, c + 4 * T, T, T)
+    for i in range(4):  # dm[4 i + j] = (A (c0_i, c1_i))[j]
+        _a_rows(c + i * T, c + (4 + i) * T, dm + 4 * i * k_stride, k_stride, T)
+    free(corners)
     return total
 
 
