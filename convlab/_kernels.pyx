@@ -925,56 +925,93 @@ cdef enum:
     _SUM_BLOCK = 2048
 
 
-cdef inline void _filter_tile(const floating* g, floating* u,
-                              Py_ssize_t k_stride) noexcept nogil:
-    """u[k_stride (4 i + j)] = (G g G^T)[i, j] for the 3x3 filter g (row-major), with
-    G = [[1, 0, 0], [1/2, 1/2, 1/2], [1/2, -1/2, 1/2], [0, 0, 1]]."""
-    cdef floating Gg[12]  # (4, 3): G g
+cdef inline void _g_rows(const floating* x0, const floating* x1, const floating* x2,
+                         floating* out, Py_ssize_t stride, Py_ssize_t n) noexcept nogil:
+    """out's rows 0..3 (stride apart) = G (x0, x1, x2) elementwise for n elements: x0,
+    (x0 + x1 + x2) / 2, (x0 - x1 + x2) / 2, x2, with G = [[1, 0, 0], [1/2, 1/2, 1/2],
+    [1/2, -1/2, 1/2], [0, 0, 1]]. A loop a row, one store stream each, as gcc vectorises."""
     cdef floating half = 0.5
-    cdef Py_ssize_t i, b
-    for b in range(3):
-        Gg[b] = g[b]
-        Gg[3 + b] = (g[b] + g[3 + b] + g[6 + b]) * half
-        Gg[6 + b] = (g[b] - g[3 + b] + g[6 + b]) * half
-        Gg[9 + b] = g[6 + b]
-    for i in range(4):
-        u[k_stride * (4 * i)] = Gg[3 * i]
-        u[k_stride * (4 * i + 1)] = (Gg[3 * i] + Gg[3 * i + 1] + Gg[3 * i + 2]) * half
-        u[k_stride * (4 * i + 2)] = (Gg[3 * i] - Gg[3 * i + 1] + Gg[3 * i + 2]) * half
-        u[k_stride * (4 * i + 3)] = Gg[3 * i + 2]
+    cdef floating* out1 = out + stride
+    cdef floating* out2 = out + 2 * stride
+    cdef floating* out3 = out + 3 * stride
+    cdef Py_ssize_t e
+    for e in range(n):
+        out[e] = x0[e]
+    for e in range(n):
+        out1[e] = (x0[e] + x1[e] + x2[e]) * half
+    for e in range(n):
+        out2[e] = (x0[e] - x1[e] + x2[e]) * half
+    for e in range(n):
+        out3[e] = x2[e]
 
 
-cdef inline void _filter_grad_tile(const double* d, Py_ssize_t k_stride,
-                                   floating* dg) noexcept nogil:
-    """dg (3x3, row-major) = G^T d G for the 4x4 d whose element k is d[k k_stride]: the
-    adjoint of _filter_tile."""
-    cdef double Gd[12]  # (3, 4): G^T d
-    cdef Py_ssize_t a, j
-    for j in range(4):
-        Gd[j] = d[k_stride * j] + (d[k_stride * (4 + j)] + d[k_stride * (8 + j)]) * 0.5
-        Gd[4 + j] = (d[k_stride * (4 + j)] - d[k_stride * (8 + j)]) * 0.5
-        Gd[8 + j] = (d[k_stride * (4 + j)] + d[k_stride * (8 + j)]) * 0.5 + d[k_stride * (12 + j)]
-    for a in range(3):
-        dg[3 * a] = <floating>(Gd[4 * a] + (Gd[4 * a + 1] + Gd[4 * a + 2]) * 0.5)
-        dg[3 * a + 1] = <floating>((Gd[4 * a + 1] - Gd[4 * a + 2]) * 0.5)
-        dg[3 * a + 2] = <floating>((Gd[4 * a + 1] + Gd[4 * a + 2]) * 0.5 + Gd[4 * a + 3])
+cdef inline void _gt_rows(const double* y0, const double* y1, const double* y2,
+                          const double* y3, double* out, Py_ssize_t stride,
+                          Py_ssize_t n) noexcept nogil:
+    """out's rows 0..2 (stride apart) = G^T (y0, y1, y2, y3) elementwise for n elements:
+    y0 + (y1 + y2) / 2, (y1 - y2) / 2, (y1 + y2) / 2 + y3 (the adjoint of _g_rows)."""
+    cdef double* out1 = out + stride
+    cdef double* out2 = out + 2 * stride
+    cdef Py_ssize_t e
+    for e in range(n):
+        out[e] = y0[e] + (y1[e] + y2[e]) * 0.5
+    for e in range(n):
+        out1[e] = (y1[e] - y2[e]) * 0.5
+    for e in range(n):
+        out2[e] = (y1[e] + y2[e]) * 0.5 + y3[e]
+
+
+cdef void _filter_tiles(const floating* g, Py_ssize_t C, floating* u,
+                        Py_ssize_t k_stride) noexcept nogil:
+    """u[k_stride (4 i + j) + c] = (G g_c G^T)[i, j] for the C 3x3 filters g_c = g[9 c ..
+    9 c + 9] (row-major) of one output filter: each of U's 16 planes gets a run of C
+    values. Element by element the same sums as one filter at a time, but written plane
+    by plane: one filter's 16 values lie k_stride apart, a power of two for the usual
+    sizes, and such stores all land in the same cache set."""
+    # g's 9 taps as 9 rows over c, then G g (4 x 3 rows over c), then (G g) G^T.
+    cdef floating* taps = <floating*> malloc(21 * C * sizeof(floating))
+    cdef floating* gg = taps + 9 * C
+    cdef Py_ssize_t c, a, b, i
+    for a in range(9):
+        for c in range(C):
+            taps[a * C + c] = g[9 * c + a]
+    for b in range(3):  # column b of G g: rows i = 0..3 at gg[(3 i + b) C]
+        _g_rows(taps + b * C, taps + (3 + b) * C, taps + (6 + b) * C, gg + b * C, 3 * C, C)
+    for i in range(4):  # row i of (G g) G^T: U's planes 4 i .. 4 i + 3
+        _g_rows(gg + 3 * i * C, gg + (3 * i + 1) * C, gg + (3 * i + 2) * C,
+                u + 4 * i * k_stride, k_stride, C)
+    free(taps)
+
+
+cdef void _filter_grad_tiles(const double* d, Py_ssize_t C, Py_ssize_t k_stride,
+                             floating* dg) noexcept nogil:
+    """dg[9 c + 3 a + b] = (G^T d_c G)[a, b] for the C 4x4 d_c whose element k is
+    d[k k_stride + c]: the adjoint of _filter_tiles, for one output filter's row of dw."""
+    cdef double* gd = <double*> malloc(21 * C * sizeof(double))  # G^T d: (3 x 4 rows over c)
+    cdef double* taps = gd + 12 * C  # then (G^T d) G: 9 rows over c
+    cdef Py_ssize_t c, a, j
+    for j in range(4):  # column j of G^T d: rows a = 0..2 at gd[(4 a + j) C]
+        _gt_rows(d + j * k_stride, d + (4 + j) * k_stride, d + (8 + j) * k_stride,
+                 d + (12 + j) * k_stride, gd + j * C, 4 * C, C)
+    for a in range(3):  # row a of (G^T d) G: taps 3 a .. 3 a + 2
+        _gt_rows(gd + 4 * a * C, gd + (4 * a + 1) * C, gd + (4 * a + 2) * C,
+                 gd + (4 * a + 3) * C, taps + 3 * a * C, C, C)
+    for a in range(9):
+        for c in range(C):
+            dg[9 * c + a] = <floating>taps[a * C + c]
+    free(gd)
 
 
 def winograd_filter_transform(const floating[:, :, :, ::1] w, floating[:, :, ::1] U,
-                              bint transposed=False, int threads=0):
-    """U[4 i + j, f, c] = (G g G^T)[i, j] of every 3x3 filter g = w[f, c]: U (16, F, C),
-    or (16, C, F) holding U[4 i + j, c, f] with transposed (the layout of dx's GEMMs)."""
+                              int threads=0):
+    """U[4 i + j, f, c] = (G g G^T)[i, j] of every 3x3 filter g = w[f, c]: U (16, F, C)."""
     cdef Py_ssize_t F = w.shape[0], C = w.shape[1]
-    cdef Py_ssize_t f, c
+    cdef Py_ssize_t f
     _require(w.shape[2] == 3 and w.shape[3] == 3 and U.shape[0] == 16
-             and U.shape[1] == (C if transposed else F)
-             and U.shape[2] == (F if transposed else C),
-             "w (F, C, 3, 3) and U (16, F, C), or (16, C, F) transposed")
+             and U.shape[1] == F and U.shape[2] == C, "w (F, C, 3, 3) and U (16, F, C)")
     with nogil:
         for f in prange(F, schedule="static", num_threads=_threads(threads)):
-            for c in range(C):
-                _filter_tile(&w[f, c, 0, 0], &U[0, c, f] if transposed else &U[0, f, c],
-                             F * C)
+            _filter_tiles(&w[f, 0, 0, 0], C, &U[0, f, 0], F * C)
 
 
 def winograd_filter_grad_transform(const floating[:, :, :, ::1] dU_shares,
@@ -1007,8 +1044,7 @@ def winograd_filter_grad_transform(const floating[:, :, :, ::1] dU_shares,
                 for e in range(block * _SUM_BLOCK, e_end):
                     sums[e] += shares[s * E + e]
         for f in prange(F, schedule="static", num_threads=_threads(threads)):
-            for c in range(C):
-                _filter_grad_tile(&dU[0, f, c], F * C, &dw[f, c, 0, 0])
+            _filter_grad_tiles(&dU[0, f, 0], C, F * C, &dw[f, 0, 0, 0])
 
 
 def winograd_input_transform(const floating[:, :, :, ::1] x, floating[:, :, :] V,

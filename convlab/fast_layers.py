@@ -274,12 +274,13 @@ def _winograd_chunks(N, C, F, T, itemsize):
                           per_chunk_budget=True)
 
 
-def _winograd_filters(w, transposed=False):
-    """U (16, F, C) = G g G^T of every 3x3 filter g = w[f, c]: U[4 i + j, f, c]; or
-    (16, C, F) with transposed (see _kernels.winograd_filter_transform)."""
+def _winograd_filters(w):
+    """U (16, F, C) = G g G^T of every 3x3 filter g = w[f, c]: U[4 i + j, f, c]."""
     F, C = w.shape[:2]
-    U = np.empty((16, C, F) if transposed else (16, F, C), dtype=w.dtype)
-    _kernels.winograd_filter_transform(w, U, transposed)
+    U = np.empty((16, F, C), dtype=w.dtype)
+    # On one thread: 10-70 us of work for the usual layers, less than waking a second
+    # (passively waiting) OpenMP thread costs.
+    _kernels.winograd_filter_transform(w, U, threads=1)
     return U
 
 
@@ -312,7 +313,9 @@ def _conv_backward_winograd(x, w, grad, pad, dx):
     F, Ho, Wo = grad.shape[1:]
     th, tw = _winograd_tiles(Ho, Wo)
     T = th * tw
-    U_t = _winograd_filters(w, transposed=True) if dx is not None else None  # (16, C, F)
+    # dV = U^T dM reads U through a transposed view: OpenBLAS packs it as fast as a
+    # contiguous (16, C, F) copy, which took twice as long to transform as U.
+    U_t = _winograd_filters(w).transpose(0, 2, 1) if dx is not None else None  # (16, C, F)
     bias_parts = np.empty((N, F))  # float64 sums of dout per (sample, filter)
     chunks = _winograd_chunks(N, C, F, T, x.itemsize)
     # Each chunk's share of dU in a slot of its own, allocated here once: allocating them

@@ -362,13 +362,11 @@ WINOGRAD_G = np.array([[1, 0, 0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0, 0, 1]])
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@pytest.mark.parametrize("transposed", [False, True])
-def test_winograd_filter_transform_is_G_g_G_transposed(rng, threads, dtype, transposed):
-    w = rng.standard_normal((5, 7, 3, 3)).astype(dtype)
-    want = np.einsum("ia,fcab,jb->ijfc", WINOGRAD_G, w, WINOGRAD_G).reshape(16, 5, 7)
-    U = fl._winograd_filters(w, transposed=transposed)
-    if transposed:
-        want = want.transpose(0, 2, 1)
+@pytest.mark.parametrize("F, C", [(5, 7), (4, 16), (3, 33)])
+def test_winograd_filter_transform_is_G_g_G_transposed(rng, threads, dtype, F, C):
+    w = rng.standard_normal((F, C, 3, 3)).astype(dtype)
+    want = np.einsum("ia,fcab,jb->ijfc", WINOGRAD_G, w, WINOGRAD_G).reshape(16, F, C)
+    U = fl._winograd_filters(w)
     assert U.dtype == dtype and U.shape == want.shape
     tol = 1e-6 if dtype == np.float32 else 1e-14
     np.testing.assert_allclose(U, want, rtol=tol, atol=tol)
@@ -376,18 +374,19 @@ def test_winograd_filter_transform_is_G_g_G_transposed(rng, threads, dtype, tran
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("shares", [1, 4])
+@pytest.mark.parametrize("F, C", [(5, 7), (4, 16), (3, 33)])
 def test_winograd_filter_grad_transform_is_G_transposed_dU_G_of_the_summed_shares(
-        rng, threads, dtype, shares):
-    dU_shares = rng.standard_normal((shares, 16, 5, 7)).astype(dtype)
-    dw = np.empty((5, 7, 3, 3), dtype=dtype)
-    fl._kernels.winograd_filter_grad_transform(dU_shares, np.empty((16, 5, 7)), dw)
-    dU = dU_shares.astype(np.float64).sum(axis=0).reshape(4, 4, 5, 7)
+        rng, threads, dtype, shares, F, C):
+    dU_shares = rng.standard_normal((shares, 16, F, C)).astype(dtype)
+    dw = np.empty((F, C, 3, 3), dtype=dtype)
+    fl._kernels.winograd_filter_grad_transform(dU_shares, np.empty((16, F, C)), dw)
+    dU = dU_shares.astype(np.float64).sum(axis=0).reshape(4, 4, F, C)
     want = np.einsum("ia,ijfc,jb->fcab", WINOGRAD_G, dU, WINOGRAD_G)
     tol = 1e-6 if dtype == np.float32 else 1e-14
     np.testing.assert_allclose(dw, want, rtol=tol, atol=tol)
     # ... which is the adjoint of the forward transform: <U(w), dU> = <w, dw>.
-    w = rng.standard_normal((5, 7, 3, 3))
-    np.testing.assert_allclose(np.vdot(fl._winograd_filters(w), dU.reshape(16, 5, 7)),
+    w = rng.standard_normal((F, C, 3, 3))
+    np.testing.assert_allclose(np.vdot(fl._winograd_filters(w), dU.reshape(16, F, C)),
                                np.vdot(w, want), rtol=1e-12)
 
 
