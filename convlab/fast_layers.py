@@ -163,10 +163,11 @@ def _scratch(name, shape, dtype):
 
 
 def _sample_chunks(N, bytes_per_sample, chunk_bytes=None, per_chunk_budget=False):
-    """(first sample, sample count) pairs of roughly equal chunks of about chunk_bytes
-    (default _CHUNK_BYTES) divided by the thread count, or of chunk_bytes each with
-    per_chunk_budget, and at least as many chunks as threads (when there are that many
-    samples): the chunk workers' share."""
+    """(first sample, sample count) pairs of chunks of at most about chunk_bytes (default
+    _CHUNK_BYTES) divided by the thread count, or of chunk_bytes each with
+    per_chunk_budget: the chunk workers' share. Their sizes differ by one at most, and
+    their number is a multiple of the thread count (when there are that many samples), so
+    every worker gets the same work: 13 chunks on 2 workers left one idle for a chunk."""
     if N == 0:
         return []
     threads = get_num_threads()
@@ -174,10 +175,11 @@ def _sample_chunks(N, bytes_per_sample, chunk_bytes=None, per_chunk_budget=False
     if not per_chunk_budget:
         # Chunks in flight at once share the caches: each gets its share of the budget.
         chunk_bytes //= threads
-    per_chunk = max(1, min(N, chunk_bytes // max(1, bytes_per_sample), -(-N // threads)))
+    per_chunk = max(1, min(N, chunk_bytes // max(1, bytes_per_sample)))
     n_chunks = -(-N // per_chunk)
-    per_chunk = -(-N // n_chunks)
-    return [(n0, min(per_chunk, N - n0)) for n0 in range(0, N, per_chunk)]
+    n_chunks = min(N, -(-n_chunks // threads) * threads)  # up to a multiple of the threads
+    size, longer = divmod(N, n_chunks)  # the first `longer` chunks take one sample more
+    return [(i * size + min(i, longer), size + (i < longer)) for i in range(n_chunks)]
 
 
 # ======================================================================= public kernels

@@ -1,5 +1,6 @@
 """convlab.fast_layers: equal to the naive layers, correct gradients, dtypes kept, clear errors."""
 
+import math
 import re
 import threading
 
@@ -331,12 +332,16 @@ def test_sample_chunks_split_a_shared_budget_or_give_each_chunk_its_own(threads)
     # chunks in flight share it; never fewer chunks than threads.
     shared = fl._sample_chunks(64, 100_000, 1_000_000)
     own = fl._sample_chunks(64, 100_000, 1_000_000, per_chunk_budget=True)
-    assert max(count for _, count in shared) == -(-64 // -(-64 // (10 // threads)))
-    assert max(count for _, count in own) == -(-64 // -(-64 // 10))
-    for chunks in (shared, own):
-        assert [n0 for n0, _ in chunks] == list(np.cumsum([0] + [c for _, c in chunks[:-1]]))
-        assert sum(count for _, count in chunks) == 64
+    for chunks, per_chunk in ((shared, 10 // threads), (own, 10)):
+        counts = [count for _, count in chunks]
+        assert [n0 for n0, _ in chunks] == list(np.cumsum([0] + counts[:-1]))
+        assert sum(counts) == 64
+        assert max(counts) <= per_chunk and max(counts) - min(counts) <= 1
+        # ... as few chunks as the budget allows, rounded up to a multiple of the threads
+        assert len(chunks) == math.ceil(math.ceil(64 / per_chunk) / threads) * threads
     assert len(fl._sample_chunks(3, 100_000, 1 << 30, per_chunk_budget=True)) == min(3, threads)
+    # fewer samples than a multiple of the threads: one a chunk at most, none empty
+    assert fl._sample_chunks(3, 100_000, 100_000 * threads) == [(0, 1), (1, 1), (2, 1)]
 
 
 @pytest.mark.parametrize("chunk_bytes", [1, 50_000, 1 << 30])
