@@ -719,12 +719,12 @@ cdef inline void _load_tile(const floating* plane, Py_ssize_t H, Py_ssize_t W, P
 
 
 cdef void _input_tiles(const floating* plane, Py_ssize_t H, Py_ssize_t W, int pad,
-                       Py_ssize_t th, Py_ssize_t tw, floating* v,
-                       Py_ssize_t k_stride) noexcept nogil:
+                       Py_ssize_t th, Py_ssize_t tw, floating* v, Py_ssize_t k_stride,
+                       Py_ssize_t t_stride) noexcept nogil:
     # A row of tiles at a time: r = B^T d down the columns of the four input rows under
     # it (rows past the plane's edge read as zeros), over the tiles' width L = 2 tw + 2
     # with the padding columns zero, read straight from the plane; then B along the
-    # columns, tile by tile, writing each of the 16 planes as a contiguous run.
+    # columns, tile by tile, writing each of the 16 planes' runs of tiles t_stride apart.
     cdef Py_ssize_t L = 2 * tw + 2
     cdef floating* r = <floating*> calloc(4 * L + W, sizeof(floating))
     cdef floating* zeros = r + 4 * L  # stands in for the rows above and below the plane
@@ -755,12 +755,12 @@ cdef void _input_tiles(const floating* plane, Py_ssize_t H, Py_ssize_t W, int pa
             r[3 * L + pad + j] = d1[j] - d3[j]
         for i in range(4):  # v = r B, tile by tile along the row
             ri = r + i * L
-            out = v + 4 * i * k_stride + ty * tw
+            out = v + 4 * i * k_stride + ty * tw * t_stride
             for tx in range(tw):
-                out[tx] = ri[2 * tx] - ri[2 * tx + 2]
-                out[k_stride + tx] = ri[2 * tx + 1] + ri[2 * tx + 2]
-                out[2 * k_stride + tx] = ri[2 * tx + 2] - ri[2 * tx + 1]
-                out[3 * k_stride + tx] = ri[2 * tx + 1] - ri[2 * tx + 3]
+                out[tx * t_stride] = ri[2 * tx] - ri[2 * tx + 2]
+                out[k_stride + tx * t_stride] = ri[2 * tx + 1] + ri[2 * tx + 2]
+                out[2 * k_stride + tx * t_stride] = ri[2 * tx + 2] - ri[2 * tx + 1]
+                out[3 * k_stride + tx * t_stride] = ri[2 * tx + 1] - ri[2 * tx + 3]
     free(r)
 
 
@@ -1050,11 +1050,14 @@ def winograd_filter_grad_transform(const floating[:, :, :, ::1] dU_shares,
 def winograd_input_transform(const floating[:, :, :, ::1] x, floating[:, :, :] V,
                              Py_ssize_t n0, int pad, Py_ssize_t th, Py_ssize_t tw,
                              int threads=0):
-    """V (16, C, nc th tw) = B^T d B of every input tile of samples n0 .. n0 + nc."""
+    """V (16, C, nc th tw) = B^T d B of every input tile of samples n0 .. n0 + nc. V may
+    be any strided view, e.g. the transpose of a (16, nc th tw, C) array: the layout that
+    makes the backward's dM V^T a GEMM without a transposed operand."""
     cdef Py_ssize_t C = x.shape[1], H = x.shape[2], W = x.shape[3]
     cdef Py_ssize_t T = th * tw
     cdef Py_ssize_t nc = V.shape[2] // T if T > 0 else 0
     cdef Py_ssize_t k_stride = V.strides[0] // sizeof(floating)
+    cdef Py_ssize_t t_stride = V.strides[2] // sizeof(floating)
     cdef Py_ssize_t task, n, c
     _require_tiles(x.shape[0], C, H + 2 * pad - 2, W + 2 * pad - 2, V.shape[0], V.shape[1],
                    V.shape[2], n0, th, tw)
@@ -1062,7 +1065,8 @@ def winograd_input_transform(const floating[:, :, :, ::1] x, floating[:, :, :] V
         for task in prange(nc * C, schedule="static", num_threads=_threads(threads)):
             n = task // C
             c = task % C
-            _input_tiles(&x[n0 + n, c, 0, 0], H, W, pad, th, tw, &V[0, c, n * T], k_stride)
+            _input_tiles(&x[n0 + n, c, 0, 0], H, W, pad, th, tw, &V[0, c, n * T], k_stride,
+                         t_stride)
 
 
 def winograd_output_transform(const floating[:, :, :] M, const floating[::1] bias,

@@ -395,6 +395,18 @@ def test_winograd_filter_grad_transform_is_G_transposed_dU_G_of_the_summed_share
                                np.vdot(w, want), rtol=1e-12)
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_winograd_input_transform_writes_any_strided_view_alike(rng, dtype):
+    # The backward writes V (16, C, tiles) as the transpose of a (16, tiles, C) array.
+    x = rng.standard_normal((3, 5, 7, 6)).astype(dtype)
+    th, tw = fl._winograd_tiles(7, 6)
+    V = np.empty((16, 5, 2 * th * tw), dtype=dtype)
+    fl._kernels.winograd_input_transform(x, V, 1, 1, th, tw)
+    V_t = np.full((16, 2 * th * tw, 5), np.nan, dtype=dtype)
+    fl._kernels.winograd_input_transform(x, V_t.transpose(0, 2, 1), 1, 1, th, tw)
+    np.testing.assert_array_equal(V_t.transpose(0, 2, 1), V)
+
+
 def test_convolutions_below_the_channel_threshold_stay_on_im2col(rng):
     w = rng.standard_normal((4, fl._WINOGRAD_MIN_CHANNELS - 1, 3, 3))
     assert not fl._uses_winograd(w, 1)
