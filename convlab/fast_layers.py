@@ -493,7 +493,8 @@ def _conv_backward(grad, cache, need_dx):
             _kernels.col2im_samples(cols, dx, n0, HH, WW, pad, stride, Ho, Wo, threads)
         return dw_chunk, db_chunk
 
-    # The chunks' shares summed in chunk order: the same result on any number of threads.
+    # The chunks' shares summed in chunk order: the same result whichever worker ran which
+    # chunk (the chunks themselves depend on the thread count, see _sample_chunks).
     shares = map_chunks(chunk, _sample_chunks(N, K * P * x.itemsize))
     dw_columns = sum((dw_chunk for dw_chunk, _ in shares), np.zeros((K, F), dtype=x.dtype))
     db = sum((db_chunk for _, db_chunk in shares), np.zeros(F))
