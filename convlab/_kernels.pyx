@@ -240,44 +240,6 @@ def col2im_samples(const floating[:, ::1] cols, floating[:, :, :, ::1] dx, Py_ss
                                        Wo, i, j, pad, stride)
 
 
-def rows_to_samples(const floating[:, ::1] rows, const floating[::1] bias,
-                     floating[:, :, ::1] out, int threads=0):
-    """out[n, f, p] = rows[f, n P + p] + bias[f]; rows (F, nc P) -> out (nc, F, P)."""
-    cdef Py_ssize_t nc = out.shape[0], F = out.shape[1], P = out.shape[2]
-    cdef Py_ssize_t task, n, f, p
-    cdef floating shift
-    cdef const floating* src
-    cdef floating* dst
-    _require(rows.shape[0] == F and rows.shape[1] == nc * P and bias.shape[0] == F,
-             "rows (F, nc P) and bias (F,) for out (nc, F, P)")
-    with nogil:
-        for task in prange(nc * F, schedule="static", num_threads=_threads(threads)):
-            n = task // F
-            f = task % F
-            shift = bias[f]
-            src = &rows[f, n * P]
-            dst = &out[n, f, 0]
-            for p in range(P):
-                dst[p] = src[p] + shift
-
-
-def samples_to_rows(const floating[:, :, ::1] dout, floating[:, ::1] rows,
-                     double[::1] bias_grad, int threads=0):
-    """rows[f, n P + p] = dout[n, f, p] and bias_grad[f] += sum of dout[:, f, :]."""
-    cdef Py_ssize_t nc = dout.shape[0], F = dout.shape[1], P = dout.shape[2]
-    cdef Py_ssize_t n, f
-    cdef double total
-    _require(rows.shape[0] == F and rows.shape[1] == nc * P and bias_grad.shape[0] == F,
-             "rows (F, nc P) and bias_grad (F,) for dout (nc, F, P)")
-    with nogil:
-        for f in prange(F, schedule="static", num_threads=_threads(threads)):
-            total = 0
-            for n in range(nc):
-                memcpy(&rows[f, n * P], &dout[n, f, 0], P * sizeof(floating))
-                total = total + _sum(&dout[n, f, 0], P)
-            bias_grad[f] += total
-
-
 # ====================================================================== cs231n kernels
 
 

@@ -146,8 +146,8 @@ def _scratch(name, shape, dtype):
 
     Only used for temporaries that never leave a function, so reusing them across calls is
     safe; it saves the page faults of allocating a fresh multi-megabyte buffer every call.
-    Each thread keeps its largest buffer per (name, dtype): about _CHUNK_BYTES of columns
-    plus one chunk of GEMM output.
+    Each thread keeps its largest buffer per (name, dtype): about _CHUNK_BYTES of columns,
+    a pooled convolution's output chunk, the Winograd chunks' V and M.
     """
     buffers = getattr(_scratch_space, "buffers", None)
     if buffers is None:
@@ -351,6 +351,17 @@ def _conv_backward_winograd(x, w, grad, pad, dx):
     return dw, bias_parts.sum(axis=0)
 
 
+def _columns(x, n0, nc, w_shape, stride, pad, Ho, Wo, threads):
+    """The im2col columns of samples n0 .. n0 + nc under a row of ones: a (nc, K + 1, P)
+    view (K = C HH WW, P = H' W') of a scratch (K + 1, nc P) array, sample-major."""
+    _, C, HH, WW = w_shape
+    K, P = C * HH * WW, Ho * Wo
+    cols = _scratch("cols", (K + 1, nc * P), x.dtype)
+    _kernels.im2col_samples(x, cols[:K], n0, HH, WW, pad, stride, Ho, Wo, threads)
+    cols[K] = 1
+    return cols.reshape(K + 1, nc, P).transpose(1, 0, 2)
+
+
 class _ConvOutput:
     """Where the fast convolution's chunks go: straight into out (N, F, H', W'), or, with
     pooling, into a scratch chunk that is max-pooled into pooled/argmax while it is still
@@ -396,18 +407,21 @@ def _conv_forward(x, w, b, conv_param, pool_param=None, relu=False):
         _conv_forward_winograd(x, w, bias, pad, sink)
         return sink, cache
     P, K = Ho * Wo, C * HH * WW
-    w_rows = w.reshape(F, K)
+    # The bias is the weight of an input that is always 1: a last column of the filter rows
+    # against a row of ones under the columns, so the GEMM adds it on the way out.
+    w_rows = np.concatenate([w.reshape(F, K), bias[:, None]], axis=1)  # (F, K + 1)
 
     def chunk(n0, nc, threads):
-        cols = _scratch("cols", (K, nc * P), x.dtype)
-        _kernels.im2col_samples(x, cols, n0, HH, WW, pad, stride, Ho, Wo, threads)
-        product = _scratch("product", (F, nc * P), x.dtype)
-        np.matmul(w_rows, cols, out=product)
+        cols = _columns(x, n0, nc, w.shape, stride, pad, Ho, Wo, threads)  # (nc, K + 1, P)
         out = sink.chunk(n0, nc)
-        _kernels.rows_to_samples(product, bias, out.reshape(nc, F, P), threads)
+        # A GEMM per sample (F, K + 1) @ (K + 1, P), straight into the sample's output
+        # planes: with one GEMM over the chunk's nc P columns its (F, nc P) product would
+        # need a copy into the (nc, F, P) layout, which took a third of the time of a
+        # 3-channel layer's forward.
+        np.matmul(w_rows, cols, out=out.reshape(nc, F, P))
         sink.done(n0, nc, out, threads)
 
-    map_chunks(chunk, _sample_chunks(N, K * P * x.itemsize))
+    map_chunks(chunk, _sample_chunks(N, (K + 1) * P * x.itemsize))
     return sink, cache
 
 
@@ -474,32 +488,28 @@ def _conv_backward(grad, cache, need_dx):
     if _uses_winograd(w, stride):
         dw, db = _conv_backward_winograd(x, w, grad, pad, dx)
         return dx, dw, db.astype(x.dtype) if has_bias else None
-    w_rows = w.reshape(F, K)
+    w_rows_t = w.reshape(F, K).T  # (K, F)
 
     def chunk(n0, nc, threads):
-        """This chunk's shares of dw^T (K, F) and db (F,); its dx in place."""
-        grad_rows = _scratch("grad_rows", (F, nc * P), x.dtype)
-        db_chunk = np.zeros(F, dtype=np.float64)
-        _kernels.samples_to_rows(grad.chunk(n0, nc, threads).reshape(nc, F, P), grad_rows,
-                                 db_chunk, threads)
-        cols = _scratch("cols", (K, nc * P), x.dtype)
-        _kernels.im2col_samples(x, cols, n0, HH, WW, pad, stride, Ho, Wo, threads)
-        # dw^T = cols grad_rows^T: the same flops as grad_rows cols^T, but multithreaded
-        # OpenBLAS 0.3.x stalls far less on this orientation when the cores are busy.
-        dw_chunk = np.matmul(cols, grad_rows.T)
+        """This chunk's share of [dw^T; db] (K + 1, F) in float64; its dx in place."""
+        grad_samples = grad.chunk(n0, nc, threads).reshape(nc, F, P)
+        cols = _columns(x, n0, nc, w.shape, stride, pad, Ho, Wo, threads)  # (nc, K + 1, P)
+        # [dw^T; db] = the sum over samples of cols dout^T: the ones row gives db.
+        share = np.matmul(cols, grad_samples.transpose(0, 2, 1)).sum(axis=0, dtype=np.float64)
         if need_dx:
             # The columns are no longer needed: their buffer receives the column gradients.
-            np.matmul(w_rows.T, grad_rows, out=cols)
-            _kernels.col2im_samples(cols, dx, n0, HH, WW, pad, stride, Ho, Wo, threads)
-        return dw_chunk, db_chunk
+            column_grads = cols[:, :K]
+            np.matmul(w_rows_t, grad_samples, out=column_grads)
+            _kernels.col2im_samples(column_grads.transpose(1, 0, 2).reshape(K, nc * P), dx,
+                                    n0, HH, WW, pad, stride, Ho, Wo, threads)
+        return share
 
     # The chunks' shares summed in chunk order: the same result whichever worker ran which
     # chunk (the chunks themselves depend on the thread count, see _sample_chunks).
-    shares = map_chunks(chunk, _sample_chunks(N, K * P * x.itemsize))
-    dw_columns = sum((dw_chunk for dw_chunk, _ in shares), np.zeros((K, F), dtype=x.dtype))
-    db = sum((db_chunk for _, db_chunk in shares), np.zeros(F))
-    dw = np.ascontiguousarray(dw_columns.T).reshape(w.shape)
-    return dx, dw, db.astype(x.dtype) if has_bias else None
+    shares = map_chunks(chunk, _sample_chunks(N, (K + 1) * P * x.itemsize))
+    total = sum(shares, np.zeros((K + 1, F)))
+    dw = np.ascontiguousarray(total[:K].T, dtype=x.dtype).reshape(w.shape)
+    return dx, dw, total[K].astype(x.dtype) if has_bias else None
 
 
 def _conv_output_shape(cache):

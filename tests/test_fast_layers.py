@@ -931,10 +931,6 @@ def _bad_kernel_calls():
                                                        1, 5, 5)
     yield "within the batch", lambda: k.col2im_samples(np.zeros((27, 75), f4), x, 0, 3, 3, 1,
                                                        1, 5, 5)
-    yield "rows (F, nc P)", lambda: k.rows_to_samples(np.zeros((4, 9), f4), np.zeros(4, f4),
-                                                      np.zeros((2, 4, 5), f4))
-    yield "rows (F, nc P)", lambda: k.samples_to_rows(np.zeros((2, 4, 5), f4),
-                                                      np.zeros((4, 10), f4), np.zeros(3))
     yield "U (16, F, C)", lambda: k.winograd_filter_transform(np.zeros((4, 3, 3, 3), f4),
                                                               np.zeros((16, 3, 4), f4))
     yield "dU_shares", lambda: k.winograd_filter_grad_transform(
