@@ -882,11 +882,6 @@ cdef void _input_grad_tiles(const floating* v, Py_ssize_t k_stride, floating* pl
     free(u)
 
 
-# Elements summed per task by winograd_filter_grad_transform: a few KiB of each share.
-cdef enum:
-    _SUM_BLOCK = 2048
-
-
 cdef inline void _g_rows(const floating* x0, const floating* x1, const floating* x2,
                          floating* out, Py_ssize_t stride, Py_ssize_t n) noexcept nogil:
     """out's rows 0..3 (stride apart) = G (x0, x1, x2) elementwise for n elements: x0,
@@ -907,20 +902,21 @@ cdef inline void _g_rows(const floating* x0, const floating* x1, const floating*
         out3[e] = x2[e]
 
 
-cdef inline void _gt_rows(const double* y0, const double* y1, const double* y2,
-                          const double* y3, double* out, Py_ssize_t stride,
+cdef inline void _gt_rows(const floating* y0, const floating* y1, const floating* y2,
+                          const floating* y3, floating* out, Py_ssize_t stride,
                           Py_ssize_t n) noexcept nogil:
     """out's rows 0..2 (stride apart) = G^T (y0, y1, y2, y3) elementwise for n elements:
     y0 + (y1 + y2) / 2, (y1 - y2) / 2, (y1 + y2) / 2 + y3 (the adjoint of _g_rows)."""
-    cdef double* out1 = out + stride
-    cdef double* out2 = out + 2 * stride
+    cdef floating half = 0.5
+    cdef floating* out1 = out + stride
+    cdef floating* out2 = out + 2 * stride
     cdef Py_ssize_t e
     for e in range(n):
-        out[e] = y0[e] + (y1[e] + y2[e]) * 0.5
+        out[e] = y0[e] + (y1[e] + y2[e]) * half
     for e in range(n):
-        out1[e] = (y1[e] - y2[e]) * 0.5
+        out1[e] = (y1[e] - y2[e]) * half
     for e in range(n):
-        out2[e] = (y1[e] + y2[e]) * 0.5 + y3[e]
+        out2[e] = (y1[e] + y2[e]) * half + y3[e]
 
 
 cdef void _filter_tiles(const floating* g, Py_ssize_t C, floating* u,
@@ -945,12 +941,12 @@ cdef void _filter_tiles(const floating* g, Py_ssize_t C, floating* u,
     free(taps)
 
 
-cdef void _filter_grad_tiles(const double* d, Py_ssize_t C, Py_ssize_t k_stride,
+cdef void _filter_grad_tiles(const floating* d, Py_ssize_t C, Py_ssize_t k_stride,
                              floating* dg) noexcept nogil:
     """dg[9 c + 3 a + b] = (G^T d_c G)[a, b] for the C 4x4 d_c whose element k is
     d[k k_stride + c]: the adjoint of _filter_tiles, for one output filter's row of dw."""
-    cdef double* gd = <double*> malloc(21 * C * sizeof(double))  # G^T d: (3 x 4 rows over c)
-    cdef double* taps = gd + 12 * C  # then (G^T d) G: 9 rows over c
+    cdef floating* gd = <floating*> malloc(21 * C * sizeof(floating))  # G^T d: 3 x 4 rows
+    cdef floating* taps = gd + 12 * C  # then (G^T d) G: 9 rows over c
     cdef Py_ssize_t c, a, j
     for j in range(4):  # column j of G^T d: rows a = 0..2 at gd[(4 a + j) C]
         _gt_rows(d + j * k_stride, d + (4 + j) * k_stride, d + (8 + j) * k_stride,
@@ -960,7 +956,7 @@ cdef void _filter_grad_tiles(const double* d, Py_ssize_t C, Py_ssize_t k_stride,
                  gd + (4 * a + 3) * C, taps + 3 * a * C, C, C)
     for a in range(9):
         for c in range(C):
-            dg[9 * c + a] = <floating>taps[a * C + c]
+            dg[9 * c + a] = taps[a * C + c]
     free(gd)
 
 
@@ -976,35 +972,15 @@ def winograd_filter_transform(const floating[:, :, :, ::1] w, floating[:, :, ::1
             _filter_tiles(&w[f, 0, 0, 0], C, &U[0, f, 0], F * C)
 
 
-def winograd_filter_grad_transform(const floating[:, :, :, ::1] dU_shares,
-                                   double[:, :, ::1] dU, floating[:, :, :, ::1] dw,
+def winograd_filter_grad_transform(const floating[:, :, ::1] dU, floating[:, :, :, ::1] dw,
                                    int threads=0):
-    """dw[f, c] (3x3) = G^T d G, where d (4x4) is the sum of dU_shares[s, :, f, c] over the
-    shares s (the chunks'), added in share order in double, so the result does not depend
-    on which thread computed which share. dU_shares (S, 16, F, C); dU (16, F, C) is
-    scratch that receives the sums; dw (F, C, 3, 3)."""
-    cdef Py_ssize_t S = dU_shares.shape[0], F = dw.shape[0], C = dw.shape[1]
-    cdef Py_ssize_t E = 16 * F * C
-    cdef Py_ssize_t blocks = (E + _SUM_BLOCK - 1) // _SUM_BLOCK
-    cdef Py_ssize_t block, e, e_end, s, f, c
-    cdef const floating* shares
-    cdef double* sums
-    _require(S >= 1 and dU_shares.shape[1] == 16 and dU_shares.shape[2] == F
-             and dU_shares.shape[3] == C and dw.shape[2] == 3 and dw.shape[3] == 3
-             and dU.shape[0] == 16 and dU.shape[1] == F and dU.shape[2] == C,
-             "dU_shares (S >= 1, 16, F, C), dU (16, F, C) and dw (F, C, 3, 3)")
-    shares = &dU_shares[0, 0, 0, 0]
-    sums = &dU[0, 0, 0]
+    """dw[f, c] (3x3) = G^T d G, where d (4x4) is dU[:, f, c]: dU (16, F, C) -> dw (F, C,
+    3, 3), the adjoint of winograd_filter_transform."""
+    cdef Py_ssize_t F = dw.shape[0], C = dw.shape[1]
+    cdef Py_ssize_t f
+    _require(dw.shape[2] == 3 and dw.shape[3] == 3 and dU.shape[0] == 16
+             and dU.shape[1] == F and dU.shape[2] == C, "dU (16, F, C) and dw (F, C, 3, 3)")
     with nogil:
-        # The shares are summed block by block, each block's S rows read as they lie in
-        # memory: row by row per (f, c) would jump S 16 times across the array per filter.
-        for block in prange(blocks, schedule="static", num_threads=_threads(threads)):
-            e_end = min(E, (block + 1) * _SUM_BLOCK)
-            for e in range(block * _SUM_BLOCK, e_end):
-                sums[e] = shares[e]
-            for s in range(1, S):
-                for e in range(block * _SUM_BLOCK, e_end):
-                    sums[e] += shares[s * E + e]
         for f in prange(F, schedule="static", num_threads=_threads(threads)):
             _filter_grad_tiles(&dU[0, f, 0], C, F * C, &dw[f, 0, 0, 0])
 

@@ -344,10 +344,13 @@ def _conv_backward_winograd(x, w, grad, pad, dx):
     map_chunks(chunk, chunks)
     dw = np.zeros((F, C, 3, 3), dtype=x.dtype)
     if chunks:
-        # dw = G^T dU G of the shares' sum, summed in chunk order: the same result whichever
-        # thread computed which share.
-        dU = _scratch("winograd_dU", (16, F, C), np.float64)
-        _kernels.winograd_filter_grad_transform(dU_shares, dU, dw)
+        # dw = G^T dU G of the shares' sum, added share after share in chunk order: the
+        # same result whichever thread computed which share. In the shares' own precision,
+        # by NumPy's vectorised loops: summed in float64 by the kernel it took 2.4x longer
+        # (183 against 78 us for 32 shares of 64 x 32 filters), a tenth of the layer's
+        # backward on two threads.
+        dU = np.add.reduce(dU_shares, axis=0)  # (16, F, C)
+        _kernels.winograd_filter_grad_transform(dU, dw)
     return dw, bias_parts.sum(axis=0)
 
 

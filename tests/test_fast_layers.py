@@ -378,15 +378,12 @@ def test_winograd_filter_transform_is_G_g_G_transposed(rng, threads, dtype, F, C
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@pytest.mark.parametrize("shares", [1, 4])
 @pytest.mark.parametrize("F, C", [(5, 7), (4, 16), (3, 33)])
-def test_winograd_filter_grad_transform_is_G_transposed_dU_G_of_the_summed_shares(
-        rng, threads, dtype, shares, F, C):
-    dU_shares = rng.standard_normal((shares, 16, F, C)).astype(dtype)
+def test_winograd_filter_grad_transform_is_G_transposed_dU_G(rng, threads, dtype, F, C):
+    dU = rng.standard_normal((16, F, C))
     dw = np.empty((F, C, 3, 3), dtype=dtype)
-    fl._kernels.winograd_filter_grad_transform(dU_shares, np.empty((16, F, C)), dw)
-    dU = dU_shares.astype(np.float64).sum(axis=0).reshape(4, 4, F, C)
-    want = np.einsum("ia,ijfc,jb->fcab", WINOGRAD_G, dU, WINOGRAD_G)
+    fl._kernels.winograd_filter_grad_transform(dU.astype(dtype), dw)
+    want = np.einsum("ia,ijfc,jb->fcab", WINOGRAD_G, dU.reshape(4, 4, F, C), WINOGRAD_G)
     tol = 1e-6 if dtype == np.float32 else 1e-14
     np.testing.assert_allclose(dw, want, rtol=tol, atol=tol)
     # ... which is the adjoint of the forward transform: <U(w), dU> = <w, dw>.
@@ -933,8 +930,8 @@ def _bad_kernel_calls():
                                                        1, 5, 5)
     yield "U (16, F, C)", lambda: k.winograd_filter_transform(np.zeros((4, 3, 3, 3), f4),
                                                               np.zeros((16, 3, 4), f4))
-    yield "dU_shares", lambda: k.winograd_filter_grad_transform(
-        np.zeros((0, 16, 4, 3), f4), np.zeros((16, 4, 3)), np.zeros((4, 3, 3, 3), f4))
+    yield "dU (16, F, C)", lambda: k.winograd_filter_grad_transform(np.zeros((16, 3, 4), f4),
+                                                                   np.zeros((4, 3, 3, 3), f4))
     x16 = np.zeros((2, 16, 6, 6), f4)  # Ho = Wo = 6 at pad 1: 3 x 3 tiles
     yield "tiles", lambda: k.winograd_input_transform(x16, np.zeros((16, 16, 8), f4), 0, 1,
                                                       2, 4)
