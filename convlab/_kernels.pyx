@@ -726,6 +726,68 @@ cdef void _input_tiles(const floating* plane, Py_ssize_t H, Py_ssize_t W, int pa
     free(r)
 
 
+# Channels per task of _input_tiles_across_channels: the runs it writes, 64 bytes of float32.
+cdef enum:
+    _CHANNEL_BLOCK = 16
+
+
+cdef void _input_tiles_across_channels(const floating* x, Py_ssize_t plane_stride,
+                                       Py_ssize_t cb, Py_ssize_t H, Py_ssize_t W, int pad,
+                                       Py_ssize_t th, Py_ssize_t tw, floating* v,
+                                       Py_ssize_t k_stride,
+                                       Py_ssize_t t_stride) noexcept nogil:
+    # _input_tiles for cb channels (planes plane_stride apart from x) at once, into a V
+    # whose channels are contiguous (V^T's layout): each tile's 16 values then go out as
+    # 16 runs of cb channels, where the plane-by-plane loops store single values C apart.
+    # The channels are first interleaved into a zero-padded (Hp, Lp, cb) copy of the
+    # tiles' area, so that every later step is a loop over contiguous channels.
+    cdef Py_ssize_t Lp = 2 * tw + 2, Hp = 2 * th + 2  # the tiles cover H + 2 pad, W + 2 pad
+    cdef Py_ssize_t row = Lp * cb  # one padded row of all cb channels
+    cdef floating* xp = <floating*> calloc((Hp + 4) * row, sizeof(floating))
+    cdef floating* r = xp + Hp * row  # B^T d of a row of tiles: 4 rows of Lp x cb
+    cdef const floating* src
+    cdef const floating* d0
+    cdef const floating* d1
+    cdef const floating* d2
+    cdef const floating* d3
+    cdef floating* dst
+    cdef floating* ri
+    cdef floating* out
+    cdef Py_ssize_t c, y, j, e, ty, tx, i
+    for c in range(cb):
+        for y in range(H):
+            src = x + c * plane_stride + y * W
+            dst = xp + (y + pad) * row + pad * cb + c
+            for j in range(W):
+                dst[j * cb] = src[j]
+    for ty in range(th):
+        d0 = xp + 2 * ty * row
+        d1 = d0 + row
+        d2 = d0 + 2 * row
+        d3 = d0 + 3 * row
+        for e in range(row):  # r = B^T d: a loop a row, as in _input_tiles
+            r[e] = d0[e] - d2[e]
+        for e in range(row):
+            r[row + e] = d1[e] + d2[e]
+        for e in range(row):
+            r[2 * row + e] = d2[e] - d1[e]
+        for e in range(row):
+            r[3 * row + e] = d1[e] - d3[e]
+        for tx in range(tw):  # v = r B, tile by tile: columns 2 tx .. 2 tx + 3 of r
+            for i in range(4):
+                ri = r + i * row + 2 * tx * cb
+                out = v + 4 * i * k_stride + (ty * tw + tx) * t_stride
+                for c in range(cb):
+                    out[c] = ri[c] - ri[2 * cb + c]
+                for c in range(cb):
+                    out[k_stride + c] = ri[cb + c] + ri[2 * cb + c]
+                for c in range(cb):
+                    out[2 * k_stride + c] = ri[2 * cb + c] - ri[cb + c]
+                for c in range(cb):
+                    out[3 * k_stride + c] = ri[cb + c] - ri[3 * cb + c]
+    free(xp)
+
+
 cdef void _output_tiles(const floating* m, Py_ssize_t k_stride, floating bias, floating* plane,
                         Py_ssize_t Ho, Py_ssize_t Wo, Py_ssize_t th,
                         Py_ssize_t tw) noexcept nogil:
@@ -996,9 +1058,19 @@ def winograd_input_transform(const floating[:, :, :, ::1] x, floating[:, :, :] V
     cdef Py_ssize_t nc = V.shape[2] // T if T > 0 else 0
     cdef Py_ssize_t k_stride = V.strides[0] // sizeof(floating)
     cdef Py_ssize_t t_stride = V.strides[2] // sizeof(floating)
+    cdef Py_ssize_t blocks = (C + _CHANNEL_BLOCK - 1) // _CHANNEL_BLOCK
     cdef Py_ssize_t task, n, c
     _require_tiles(x.shape[0], C, H + 2 * pad - 2, W + 2 * pad - 2, V.shape[0], V.shape[1],
                    V.shape[2], n0, th, tw)
+    if V.strides[1] == sizeof(floating) and t_stride != 1:
+        with nogil:  # V^T's layout: a task per (sample, block of channels)
+            for task in prange(nc * blocks, schedule="static", num_threads=_threads(threads)):
+                n = task // blocks
+                c = (task % blocks) * _CHANNEL_BLOCK
+                _input_tiles_across_channels(&x[n0 + n, c, 0, 0], H * W,
+                                             min(_CHANNEL_BLOCK, C - c), H, W, pad, th, tw,
+                                             &V[0, c, n * T], k_stride, t_stride)
+        return
     with nogil:
         for task in prange(nc * C, schedule="static", num_threads=_threads(threads)):
             n = task // C

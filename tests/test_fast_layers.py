@@ -364,6 +364,7 @@ def test_winograd_conv_gradients_numerically(rng):
 
 # The filter transform's matrix, written out independently of the kernels.
 WINOGRAD_G = np.array([[1, 0, 0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0, 0, 1]])
+WINOGRAD_BT = np.array([[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, 1, 0, -1]])
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
@@ -393,15 +394,23 @@ def test_winograd_filter_grad_transform_is_G_transposed_dU_G(rng, threads, dtype
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_winograd_input_transform_writes_any_strided_view_alike(rng, dtype):
-    # The backward writes V (16, C, tiles) as the transpose of a (16, tiles, C) array.
-    x = rng.standard_normal((3, 5, 7, 6)).astype(dtype)
-    th, tw = fl._winograd_tiles(7, 6)
-    V = np.empty((16, 5, 2 * th * tw), dtype=dtype)
-    fl._kernels.winograd_input_transform(x, V, 1, 1, th, tw)
-    V_t = np.full((16, 2 * th * tw, 5), np.nan, dtype=dtype)
-    fl._kernels.winograd_input_transform(x, V_t.transpose(0, 2, 1), 1, 1, th, tw)
+@pytest.mark.parametrize("C, H, W, pad", [(5, 7, 6, 1), (16, 4, 5, 0), (37, 6, 9, 2)])
+def test_winograd_input_transform_writes_any_strided_view_alike(rng, dtype, C, H, W, pad):
+    # The backward writes V (16, C, tiles) as the transpose of a (16, tiles, C) array, by
+    # blocks of channels (a last block that is partial with C = 5 or 37).
+    x = rng.standard_normal((3, C, H, W)).astype(dtype)
+    th, tw = fl._winograd_tiles(H + 2 * pad - 2, W + 2 * pad - 2)
+    V = np.empty((16, C, 2 * th * tw), dtype=dtype)
+    fl._kernels.winograd_input_transform(x, V, 1, pad, th, tw)
+    V_t = np.full((16, 2 * th * tw, C), np.nan, dtype=dtype)
+    fl._kernels.winograd_input_transform(x, V_t.transpose(0, 2, 1), 1, pad, th, tw)
     np.testing.assert_array_equal(V_t.transpose(0, 2, 1), V)
+    # ... and V is B^T d B of each tile (the forward's layout, checked against NumPy).
+    padded = np.pad(x[1:], ((0, 0), (0, 0), (pad, 2 * th + 2 - H - pad),
+                            (pad, 2 * tw + 2 - W - pad)))
+    tiles = np.lib.stride_tricks.sliding_window_view(padded, (4, 4), axis=(2, 3))[:, :, ::2, ::2]
+    want = np.einsum("ia,nctsab,jb->ijcnts", WINOGRAD_BT, tiles, WINOGRAD_BT)
+    np.testing.assert_allclose(V, want.reshape(16, C, -1), rtol=1e-12, atol=1e-5)
 
 
 def test_convolutions_below_the_channel_threshold_stay_on_im2col(rng):
