@@ -43,7 +43,9 @@ class BuildExtMaybeOpenMP(build_ext):
             else:
                 # -fno-trapping-math lets gcc turn float compares into selects
                 # (the branchless 2x2 max pool); it does not reassociate or drop NaN/inf.
-                ext.extra_compile_args += ["-O3", "-fno-trapping-math"]
+                # -fno-math-errno lets it vectorise sqrt (the optimizer updates): no
+                # kernel reads errno.
+                ext.extra_compile_args += ["-O3", "-fno-trapping-math", "-fno-math-errno"]
                 ext.extra_compile_args += OPENMP_FLAGS if use_openmp else []
                 ext.extra_link_args += OPENMP_FLAGS if use_openmp else []
         super().build_extensions()

@@ -10,13 +10,13 @@ Column layouts (rows (c * fh + i) * fw + j in both):
 * the **cs231n layout** of im2col_cs231n / col2im_cs231n: column ``(h' * W' + w') * N + n``;
 * the **sample-major layout** of every fast path: column ``(n * H' + h') * W' + w'``. Each
   (row, sample) pair is one contiguous run of ``H' W'`` values, so im2col and col2im are
-  strided row copies and the GEMM output ``(F, N H' W')`` needs only an (n, f) block
-  transpose to become ``(N, F, H', W')``.
+  strided row copies, and a GEMM per sample on its ``(C fh fw, H' W')`` block gives that
+  sample's ``(F, H', W')`` output in place.
 """
 
 from cython cimport floating
 from cython.parallel cimport prange
-from libc.math cimport sqrt
+from libc.math cimport sqrt, sqrtf
 from libc.stdlib cimport calloc, free, malloc
 from libc.string cimport memcpy, memset
 
@@ -1138,3 +1138,130 @@ def winograd_input_grad_transform(const floating[:, :, :] dV, floating[:, :, :, 
             c = task % C
             _input_grad_tiles(&dV[0, c, n * T], k_stride, &dx[n0 + n, c, 0, 0], H, W, pad,
                               th, tw)
+
+
+# ================================================================= optimizer updates
+# One pass over a parameter for each update rule of convlab.optim (whose NumPy expressions
+# make 5-12 passes with a temporary each): the next weights and state (velocity, cache,
+# moments) are written to the out_* arrays, which may be the inputs themselves. Every array
+# is one flat run of the parameter's values; the scalar settings arrive in double and are
+# rounded once to the arrays' precision, and each expression is evaluated in the order of
+# optim's, as NumPy evaluates it on float32 arrays with Python floats.
+
+
+cdef inline floating _root(floating x) noexcept nogil:
+    """sqrt in x's own precision (sqrtf for float32, which vectorises as sqrtps)."""
+    if floating is float:
+        return sqrtf(x)
+    return sqrt(x)
+
+
+# Elements per parallel task of the updates (a few arrays of them stay in L2): each task's
+# loops store one array each, which gcc vectorises behind a run-time overlap check; it
+# gives up on a loop that stores two or three of seven arrays that might overlap.
+cdef enum:
+    _UPDATE_BLOCK = 4096
+
+
+cdef int _require_parameter(Py_ssize_t n, Py_ssize_t dw, Py_ssize_t state, Py_ssize_t out_w,
+                            Py_ssize_t out_state) except -1:
+    return _require(dw == n and state == n and out_w == n and out_state == n,
+                    "w, dw, the state and the out arrays of one length")
+
+
+cdef void _momentum_block(const floating* w, const floating* dw, const floating* velocity,
+                          floating* out_w, floating* out_velocity, Py_ssize_t n,
+                          floating lr, floating mu, bint nesterov) noexcept nogil:
+    cdef floating mu1 = 1 + mu
+    cdef Py_ssize_t i
+    for i in range(n):
+        out_velocity[i] = mu * velocity[i] - lr * dw[i]
+    if nesterov:
+        for i in range(n):
+            out_w[i] = w[i] - mu * velocity[i] + mu1 * out_velocity[i]
+    else:
+        for i in range(n):
+            out_w[i] = w[i] + out_velocity[i]
+
+
+def momentum_update(const floating[::1] w, const floating[::1] dw,
+                    const floating[::1] velocity, floating[::1] out_w,
+                    floating[::1] out_velocity, double learning_rate, double momentum,
+                    bint nesterov=False, int threads=0):
+    """out_velocity = momentum velocity - learning_rate dw; out_w = w + out_velocity, or
+    with nesterov, out_w = w - momentum velocity + (1 + momentum) out_velocity."""
+    cdef Py_ssize_t n = w.shape[0], block, i
+    _require_parameter(n, dw.shape[0], velocity.shape[0], out_w.shape[0],
+                       out_velocity.shape[0])
+    with nogil:
+        for block in prange((n + _UPDATE_BLOCK - 1) // _UPDATE_BLOCK, schedule="static",
+                            num_threads=_threads(threads)):
+            i = block * _UPDATE_BLOCK
+            _momentum_block(&w[i], &dw[i], &velocity[i], &out_w[i], &out_velocity[i],
+                            min(_UPDATE_BLOCK, n - i), <floating>learning_rate,
+                            <floating>momentum, nesterov)
+
+
+cdef void _scaled_block(const floating* w, const floating* dw, const floating* cache,
+                        floating* out_w, floating* out_cache, Py_ssize_t n, floating lr,
+                        floating decay, floating fresh, floating eps) noexcept nogil:
+    cdef Py_ssize_t i
+    for i in range(n):
+        out_cache[i] = decay * cache[i] + fresh * (dw[i] * dw[i])
+    for i in range(n):
+        out_w[i] = w[i] - lr * dw[i] / (_root(out_cache[i]) + eps)
+
+
+def scaled_update(const floating[::1] w, const floating[::1] dw, const floating[::1] cache,
+                  floating[::1] out_w, floating[::1] out_cache, double learning_rate,
+                  double decay_rate, double epsilon, int threads=0):
+    """out_cache = decay_rate cache + (1 - decay_rate) dw^2 (RMSProp), or cache + dw^2
+    with decay_rate = 1 (AdaGrad); out_w = w - learning_rate dw / (sqrt(out_cache) +
+    epsilon)."""
+    cdef Py_ssize_t n = w.shape[0], block, i
+    cdef double fresh = 1 if decay_rate == 1 else 1 - decay_rate
+    _require_parameter(n, dw.shape[0], cache.shape[0], out_w.shape[0], out_cache.shape[0])
+    with nogil:
+        for block in prange((n + _UPDATE_BLOCK - 1) // _UPDATE_BLOCK, schedule="static",
+                            num_threads=_threads(threads)):
+            i = block * _UPDATE_BLOCK
+            _scaled_block(&w[i], &dw[i], &cache[i], &out_w[i], &out_cache[i],
+                          min(_UPDATE_BLOCK, n - i), <floating>learning_rate,
+                          <floating>decay_rate, <floating>fresh, <floating>epsilon)
+
+
+cdef void _adam_block(const floating* w, const floating* dw, const floating* m,
+                      const floating* v, floating* out_w, floating* out_m, floating* out_v,
+                      Py_ssize_t n, floating lr, floating b1, floating b2, floating fresh1,
+                      floating fresh2, floating m_correction, floating v_correction,
+                      floating eps) noexcept nogil:
+    cdef Py_ssize_t i
+    for i in range(n):
+        out_m[i] = b1 * m[i] + fresh1 * dw[i]
+    for i in range(n):
+        out_v[i] = b2 * v[i] + fresh2 * (dw[i] * dw[i])
+    for i in range(n):
+        out_w[i] = w[i] - lr * (out_m[i] / m_correction) / (_root(out_v[i] / v_correction)
+                                                            + eps)
+
+
+def adam_update(const floating[::1] w, const floating[::1] dw, const floating[::1] m,
+                const floating[::1] v, floating[::1] out_w, floating[::1] out_m,
+                floating[::1] out_v, double learning_rate, double beta1, double beta2,
+                double epsilon, long t, int threads=0):
+    """Step t (>= 1) of Adam: out_m = beta1 m + (1 - beta1) dw; out_v = beta2 v + (1 -
+    beta2) dw^2; out_w = w - learning_rate m_hat / (sqrt(v_hat) + epsilon), with the
+    bias-corrected m_hat = out_m / (1 - beta1^t) and v_hat = out_v / (1 - beta2^t)."""
+    cdef Py_ssize_t n = w.shape[0], block, i
+    cdef double m_correction = 1 - beta1 ** t, v_correction = 1 - beta2 ** t
+    _require_parameter(n, dw.shape[0], m.shape[0], out_w.shape[0], out_m.shape[0])
+    _require(v.shape[0] == n and out_v.shape[0] == n and t >= 1,
+             "v and out_v of w's length and t >= 1")
+    with nogil:
+        for block in prange((n + _UPDATE_BLOCK - 1) // _UPDATE_BLOCK, schedule="static",
+                            num_threads=_threads(threads)):
+            i = block * _UPDATE_BLOCK
+            _adam_block(&w[i], &dw[i], &m[i], &v[i], &out_w[i], &out_m[i], &out_v[i],
+                        min(_UPDATE_BLOCK, n - i), <floating>learning_rate, <floating>beta1,
+                        <floating>beta2, <floating>(1 - beta1), <floating>(1 - beta2),
+                        <floating>m_correction, <floating>v_correction, <floating>epsilon)

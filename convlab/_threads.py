@@ -258,7 +258,10 @@ def matmul(a, b):
 
 def load_kernels():
     """Import convlab._kernels under a passive OpenMP wait policy and set its thread count
-    by the policy above. Returns the module."""
+    by the policy above, once: later calls return the module already loaded. Returns the
+    module."""
+    if _STATE.kernels is not None:
+        return _STATE.kernels
     before = _loaded_openmp_runtimes()
     foreign_runtime = _global_openmp_symbols()
     user_passive = _user_asked_passive()

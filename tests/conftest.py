@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 
+from convlab import _threads
 from convlab.gradient_check import eval_numerical_gradient_array, rel_error
 
 # Relative-error bounds for comparing a float32 result with the float64 one.
@@ -13,6 +14,19 @@ GRAD_TOL = 1e-7
 @pytest.fixture
 def rng():
     return np.random.default_rng(231)
+
+
+@pytest.fixture(params=[1, 2], ids=["1 thread", "2 threads"])
+def threads(request):
+    """Run the test at this thread count: the kernels' parallel loops and the chunk workers
+    (which split the GEMMs) at 2."""
+    before = _threads._STATE.requested
+    blas = _threads._blas_threads()
+    _threads.set_num_threads(request.param)
+    yield request.param
+    _threads.set_num_threads(blas)
+    _threads._STATE.requested = before
+    _threads._apply_kernel_threads()
 
 
 def distinct_values(rng, shape, spacing=1e-2):

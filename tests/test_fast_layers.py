@@ -10,7 +10,6 @@ from conftest import check_layer_gradients
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from convlab import _threads
 from convlab import fast_layers as fl
 from convlab.gradient_check import eval_numerical_gradient_array, rel_error
 from convlab.layers import (
@@ -122,18 +121,6 @@ def conv_inputs(rng, geometry, dtype=np.float64):
 
 
 # ------------------------------------------------------------------------- affine
-
-
-@pytest.fixture(params=[1, 2], ids=["1 thread", "2 threads"])
-def threads(request):
-    """Run the test at this thread count (the chunk workers split the GEMMs at 2)."""
-    before = _threads._STATE.requested
-    blas = _threads._blas_threads()
-    _threads.set_num_threads(request.param)
-    yield request.param
-    _threads.set_num_threads(blas)
-    _threads._STATE.requested = before
-    _threads._apply_kernel_threads()
 
 
 @pytest.mark.parametrize("x_shape, M", [((7, 3, 5), 6), ((1, 4), 3), ((2, 9), 1), ((0, 5), 4),

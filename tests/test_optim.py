@@ -105,3 +105,53 @@ def test_rules_keep_float32(rule, rng):
 def test_rules_reject_mismatched_gradient(rule, rng):
     with pytest.raises(ValueError, match="does not match"):
         rule(rng.standard_normal((3, 3)), rng.standard_normal((3, 2)))
+
+
+def _strided(a):
+    """a's values in a view NumPy has but the compiled pass does not take (every other
+    element of a wider array): the rules then run their NumPy expressions."""
+    wide = np.zeros(a.shape + (2,), dtype=a.dtype)
+    wide[..., 0] = a
+    return wide[..., 0]
+
+
+COMPILED_RULES = [optim.sgd_momentum, optim.nesterov_momentum, optim.adagrad, optim.rmsprop,
+                  optim.adam]
+
+
+@pytest.mark.parametrize("rule", COMPILED_RULES, ids=lambda rule: rule.__name__)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("shape", [(3,), (7, 5), (600, 450)], ids=["3", "7x5", "600x450"])
+def test_compiled_update_equals_the_numpy_expressions(rule, dtype, shape, rng, threads):
+    # 600 x 450 is past _PARALLEL_MIN_SIZE: its pass runs on the threads, in blocks with a
+    # partial last one.
+    assert 600 * 450 >= optim._PARALLEL_MIN_SIZE
+    w = rng.standard_normal(shape).astype(dtype)
+    assert optim._compiled(w, w) is not None and optim._compiled(_strided(w), w) is None
+    compiled_w, compiled_config = w, {"learning_rate": 0.05}
+    numpy_w, numpy_config = _strided(w), {"learning_rate": 0.05}
+    for _ in range(3):
+        dw = rng.standard_normal(shape).astype(dtype)
+        compiled_w, compiled_config = rule(compiled_w, dw, compiled_config)
+        numpy_w, numpy_config = rule(_strided(numpy_w), _strided(dw), numpy_config)
+        assert compiled_w.dtype == numpy_w.dtype == dtype
+    tol = 1e-6 if dtype == np.float32 else 1e-14
+    np.testing.assert_allclose(compiled_w, numpy_w, rtol=tol, atol=tol)
+    for key, value in numpy_config.items():
+        np.testing.assert_allclose(compiled_config[key], value, rtol=tol, atol=tol)
+
+
+@pytest.mark.parametrize("rule", COMPILED_RULES, ids=lambda rule: rule.__name__)
+def test_compiled_update_writes_no_input(rule, rng):
+    w, dw = rng.standard_normal((40, 30)), rng.standard_normal((40, 30))
+    _, config = rule(w, dw)  # a config that holds the rule's state
+    state = {key: value for key, value in config.items() if isinstance(value, np.ndarray)}
+    assert state
+    saved = {key: value.copy() for key, value in state.items()}
+    w_before, dw_before = w.copy(), dw.copy()
+    next_w, _ = rule(w, dw, config)
+    assert not np.array_equal(next_w, w)
+    np.testing.assert_array_equal(w, w_before)
+    np.testing.assert_array_equal(dw, dw_before)
+    for key, value in state.items():
+        np.testing.assert_array_equal(value, saved[key])
