@@ -354,6 +354,12 @@ def _conv_backward_winograd(x, w, grad, pad, dx):
     return dw, bias_parts.sum(axis=0)
 
 
+def _is_pointwise(w, stride, pad):
+    """True for a 1x1 convolution of stride 1 without padding: a sample's (C, H W) input is
+    its own im2col columns, so the convolution is a plain GEMM per sample."""
+    return w.shape[2] == w.shape[3] == 1 and stride == 1 and pad == 0
+
+
 def _columns(x, n0, nc, w_shape, stride, pad, Ho, Wo, threads):
     """The im2col columns of samples n0 .. n0 + nc under a row of ones: a (nc, K + 1, P)
     view (K = C HH WW, P = H' W') of a scratch (K + 1, nc P) array, sample-major."""
@@ -410,6 +416,18 @@ def _conv_forward(x, w, b, conv_param, pool_param=None, relu=False):
         _conv_forward_winograd(x, w, bias, pad, sink)
         return sink, cache
     P, K = Ho * Wo, C * HH * WW
+    if _is_pointwise(w, stride, pad):
+        w_rows = w.reshape(F, C)
+
+        def pointwise_chunk(n0, nc, threads):
+            out = sink.chunk(n0, nc)
+            np.matmul(w_rows, x[n0:n0 + nc].reshape(nc, C, P), out=out.reshape(nc, F, P))
+            if b is not None:
+                out += b[:, None, None]
+            sink.done(n0, nc, out, threads)
+
+        map_chunks(pointwise_chunk, _sample_chunks(N, (C + F) * P * x.itemsize))
+        return sink, cache
     # The bias is the weight of an input that is always 1: a last column of the filter rows
     # against a row of ones under the columns, so the GEMM adds it on the way out.
     w_rows = np.concatenate([w.reshape(F, K), bias[:, None]], axis=1)  # (F, K + 1)
@@ -492,10 +510,19 @@ def _conv_backward(grad, cache, need_dx):
         dw, db = _conv_backward_winograd(x, w, grad, pad, dx)
         return dx, dw, db.astype(x.dtype) if has_bias else None
     w_rows_t = w.reshape(F, K).T  # (K, F)
+    pointwise = _is_pointwise(w, stride, pad)
 
     def chunk(n0, nc, threads):
         """This chunk's share of [dw^T; db] (K + 1, F) in float64; its dx in place."""
         grad_samples = grad.chunk(n0, nc, threads).reshape(nc, F, P)
+        if pointwise:  # the samples are their own columns (C, P)
+            cols = x[n0:n0 + nc].reshape(nc, C, P)
+            share = np.empty((K + 1, F))
+            share[:K] = np.matmul(cols, grad_samples.transpose(0, 2, 1)).sum(axis=0)
+            share[K] = grad_samples.sum(axis=(0, 2), dtype=np.float64)
+            if need_dx:
+                np.matmul(w_rows_t, grad_samples, out=dx[n0:n0 + nc].reshape(nc, C, P))
+            return share
         cols = _columns(x, n0, nc, w.shape, stride, pad, Ho, Wo, threads)  # (nc, K + 1, P)
         # [dw^T; db] = the sum over samples of cols dout^T: the ones row gives db.
         share = np.matmul(cols, grad_samples.transpose(0, 2, 1)).sum(axis=0, dtype=np.float64)

@@ -247,6 +247,36 @@ def test_conv_fast_matches_naive(rng, geometry, dtype):
         assert relative_to(expected_grad, grad) < tol
 
 
+@pytest.mark.parametrize("geometry", [
+    (6, 5, 4, 7, 3, 1, 1, 1, 0),  # 1x1, stride 1, no padding: a GEMM per sample
+    (6, 5, 4, 7, 3, 1, 1, 2, 0),  # 1x1 strided and ...
+    (6, 5, 4, 7, 3, 1, 1, 1, 1),  # ... padded: through im2col
+])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("need_dx", [True, False])
+def test_1x1_conv_matches_naive(rng, threads, monkeypatch, geometry, dtype, bias, need_dx):
+    x, w, b, conv_param = conv_inputs(rng, geometry)
+    b = b if bias else None
+    expected, naive_cache = conv_forward_naive(x, w, np.zeros(3) if b is None else b,
+                                               conv_param)
+    dout = rng.standard_normal(expected.shape)
+    dx, dw, db = conv_backward_naive(dout, naive_cache)
+    monkeypatch.setattr(fl, "_CHUNK_BYTES", 400)  # a few samples a chunk
+    cast = lambda a: a.astype(dtype)
+    assert fl._is_pointwise(w, conv_param["stride"], conv_param["pad"]) == (geometry[-2:]
+                                                                             == (1, 0))
+    out, cache = fl.conv_forward_fast(cast(x), cast(w), None if b is None else cast(b),
+                                      conv_param)
+    grads = fl.conv_backward_fast(cast(dout), cache, need_dx=need_dx)
+    tol = 1e-5 if dtype == np.float32 else 1e-10
+    assert out.dtype == dtype and relative_to(expected, out) < tol
+    assert (grads[0] is None) != need_dx and (grads[2] is None) != bias
+    for grad, want in zip(grads, (dx, dw, db), strict=True):
+        if grad is not None:
+            assert grad.dtype == dtype and relative_to(want, grad) < tol
+
+
 @pytest.mark.parametrize("chunk_bytes", [1, 5000, 1 << 30])
 def test_conv_fast_is_independent_of_chunking(rng, monkeypatch, chunk_bytes):
     x, w, b, conv_param = conv_inputs(rng, (7, 3, 6, 5, 4, 3, 3, 1, 1))
@@ -522,6 +552,7 @@ def test_parallel_kernels_match_serial_ones(rng):
     ((4, 16, 10, 7, 6, 3, 3, 1, 1), (2, 2, 2)),    # Winograd, an odd width left over
     ((3, 2, 11, 11, 3, 3, 3, 2, 1), (3, 3, 2)),    # strided conv, overlapping windows
     ((0, 3, 6, 6, 2, 3, 3, 1, 1), (2, 2, 2)),      # empty batch
+    ((3, 5, 6, 7, 4, 1, 1, 1, 0), (2, 2, 2)),      # 1x1: a GEMM per sample
 ])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("bias", [True, False])
