@@ -496,34 +496,29 @@ cdef inline double _centred_squares(const floating* values, Py_ssize_t size,
     return (s0 + s1) + (s2 + s3)
 
 
-cdef inline void _normalize_plane(const floating* x, floating* xhat, floating* out,
-                                  unsigned char* mask, Py_ssize_t size, floating mean,
-                                  floating scale, floating gamma, floating beta,
-                                  bint relu) noexcept nogil:
-    """xhat = (x - mean) scale, out = gamma xhat + beta; when relu, out is clamped at 0
+cdef inline void _normalize_plane(const floating* x, floating* out, unsigned char* mask,
+                                  Py_ssize_t size, floating mean, floating scale,
+                                  floating gamma, floating beta, bint relu) noexcept nogil:
+    """out = gamma xhat + beta with xhat = (x - mean) scale; when relu, out is clamped at 0
     and mask records where it was kept (1) or zeroed (0)."""
     cdef Py_ssize_t k
-    cdef floating xh, o
+    cdef floating o
     if relu:
         for k in range(size):
-            xh = (x[k] - mean) * scale
-            xhat[k] = xh
-            o = gamma * xh + beta
+            o = gamma * ((x[k] - mean) * scale) + beta
             mask[k] = o > 0
             out[k] = o if o > 0 else 0
     else:
         for k in range(size):
-            xh = (x[k] - mean) * scale
-            xhat[k] = xh
-            out[k] = gamma * xh + beta
+            out[k] = gamma * ((x[k] - mean) * scale) + beta
 
 
 cdef void _batchnorm_channel_forward(const floating[:, :, ::1] x, Py_ssize_t c, double eps,
                                      floating gamma, floating beta, bint relu,
-                                     floating[:, :, ::1] xhat, floating[:, :, ::1] out,
-                                     unsigned char[:, :, ::1] mask, double* mean,
-                                     double* var, double* inv_std) noexcept nogil:
-    """One channel of batchnorm_train_forward: its statistics over (N, S), then xhat and out.
+                                     floating[:, :, ::1] out, unsigned char[:, :, ::1] mask,
+                                     double* mean, double* var,
+                                     double* inv_std) noexcept nogil:
+    """One channel of batchnorm_train_forward: its statistics over (N, S), then out.
     The channel's N S values (256 KB at N=64, 32x32, float32) stay in L2 between passes."""
     cdef Py_ssize_t N = x.shape[0], S = x.shape[2]
     cdef Py_ssize_t n
@@ -539,26 +534,32 @@ cdef void _batchnorm_channel_forward(const floating[:, :, ::1] x, Py_ssize_t c, 
     var[0] = centred / (N * S)
     inv_std[0] = 1 / sqrt(var[0] + eps)
     for n in range(N):
-        _normalize_plane(&x[n, c, 0], &xhat[n, c, 0], &out[n, c, 0],
-                         &mask[n, c, 0] if relu else NULL, S, <floating>m,
-                         <floating>inv_std[0], gamma, beta, relu)
+        _normalize_plane(&x[n, c, 0], &out[n, c, 0], &mask[n, c, 0] if relu else NULL, S,
+                         <floating>m, <floating>inv_std[0], gamma, beta, relu)
 
 
 def batchnorm_train_forward(const floating[:, :, ::1] x, const floating[::1] gamma,
                             const floating[::1] beta, double eps, bint relu,
-                            floating[:, :, ::1] xhat, floating[:, :, ::1] out,
-                            unsigned char[:, :, ::1] mask, double[::1] mean, double[::1] var,
-                            double[::1] inv_std):
+                            floating[:, :, ::1] out, unsigned char[:, :, ::1] mask,
+                            double[::1] mean, double[::1] var, double[::1] inv_std):
     """Spatial batchnorm in train mode over x viewed as (N, C, S), S = H W: per channel the
     batch mean and variance over (N, S), xhat = (x - mean) inv_std with inv_std =
-    1 / sqrt(var + eps), out = gamma xhat + beta, then max(out, 0) when relu. Writes xhat,
-    out, the relu's 0/1 mask (N, C, S) when relu (without relu mask is not read, and may be
-    any 3-d uint8 array), and mean, var, inv_std (C,). Parallel over channels."""
+    1 / sqrt(var + eps), out = gamma xhat + beta, then max(out, 0) when relu. Writes out,
+    the relu's 0/1 mask (N, C, S) when relu (without relu mask is not read, and may be any
+    3-d uint8 array), and mean, var, inv_std (C,); xhat is not stored (the backward
+    recomputes it from x). Parallel over channels."""
     cdef Py_ssize_t C = x.shape[1]
     cdef Py_ssize_t c
+    _require(out.shape[0] == x.shape[0] and out.shape[1] == C and out.shape[2] == x.shape[2]
+             and gamma.shape[0] == C and beta.shape[0] == C and mean.shape[0] == C
+             and var.shape[0] == C and inv_std.shape[0] == C
+             and (not relu or (mask.shape[0] == x.shape[0] and mask.shape[1] == C
+                               and mask.shape[2] == x.shape[2])),
+             "out (and mask, with relu) of x's shape (N, C, S), gamma, beta and the "
+             "statistics (C,)")
     with nogil:
         for c in prange(C, schedule="static", num_threads=_threads()):
-            _batchnorm_channel_forward(x, c, eps, gamma[c], beta[c], relu, xhat, out, mask,
+            _batchnorm_channel_forward(x, c, eps, gamma[c], beta[c], relu, out, mask,
                                        &mean[c], &var[c], &inv_std[c])
 
 
@@ -571,35 +572,37 @@ cdef inline void _apply_mask(const floating* dout, const unsigned char* mask,
         masked[k] = dout[k] * mask[k]
 
 
-cdef inline double _dot(const floating* a, const floating* b, Py_ssize_t size) noexcept nogil:
-    """Sum of a * b in double over four independent accumulators."""
+cdef inline double _centred_dot(const floating* d, const floating* x, Py_ssize_t size,
+                                floating mean) noexcept nogil:
+    """Sum of d (x - mean) over four independent accumulators: the products in x's
+    precision (as d xhat was, from a stored xhat), summed in double."""
     cdef double s0 = 0, s1 = 0, s2 = 0, s3 = 0
     cdef Py_ssize_t k = 0
     while k + 4 <= size:
-        s0 += a[k] * b[k]
-        s1 += a[k + 1] * b[k + 1]
-        s2 += a[k + 2] * b[k + 2]
-        s3 += a[k + 3] * b[k + 3]
+        s0 += d[k] * (x[k] - mean)
+        s1 += d[k + 1] * (x[k + 1] - mean)
+        s2 += d[k + 2] * (x[k + 2] - mean)
+        s3 += d[k + 3] * (x[k + 3] - mean)
         k += 4
     while k < size:
-        s0 += a[k] * b[k]
+        s0 += d[k] * (x[k] - mean)
         k += 1
     return (s0 + s1) + (s2 + s3)
 
 
-cdef inline void _input_gradient(const floating* d, const floating* xhat, floating* dx,
+cdef inline void _input_gradient(const floating* d, const floating* x, floating* dx,
                                  Py_ssize_t size, floating scale, floating mean_d,
-                                 floating mean_dxhat) noexcept nogil:
-    """dx = scale (d - mean_d - xhat mean_dxhat); d may be dx itself."""
+                                 floating mean, floating slope) noexcept nogil:
+    """dx = scale (d - mean_d - (x - mean) slope); d may be dx itself."""
     cdef Py_ssize_t k
     for k in range(size):
-        dx[k] = scale * (d[k] - mean_d - xhat[k] * mean_dxhat)
+        dx[k] = scale * (d[k] - mean_d - (x[k] - mean) * slope)
 
 
 cdef void _batchnorm_channel_backward(const floating[:, :, ::1] dout,
-                                      const floating[:, :, ::1] xhat,
+                                      const floating[:, :, ::1] x,
                                       const unsigned char[:, :, ::1] mask, Py_ssize_t c,
-                                      floating gamma, double inv_std, bint relu,
+                                      floating gamma, double mean, double inv_std, bint relu,
                                       floating[:, :, ::1] dx, double* dgamma,
                                       double* dbeta) noexcept nogil:
     cdef Py_ssize_t N = dout.shape[0], S = dout.shape[2]
@@ -612,29 +615,40 @@ cdef void _batchnorm_channel_backward(const floating[:, :, ::1] dout,
             _apply_mask(d, &mask[n, c, 0], &dx[n, c, 0], S)
             d = &dx[n, c, 0]
         sum_d = sum_d + _sum(d, S)
-        sum_dxhat = sum_dxhat + _dot(d, &xhat[n, c, 0], S)
+        sum_dxhat = sum_dxhat + _centred_dot(d, &x[n, c, 0], S, <floating>mean)
+    sum_dxhat = sum_dxhat * inv_std  # xhat = (x - mean) inv_std
     dbeta[0] = sum_d
     dgamma[0] = sum_dxhat
     # dx = gamma inv_std / M (M d - sum d - xhat sum d xhat): the closed form of
-    # batchnorm_backward_alt.
+    # batchnorm_backward_alt, with xhat sum d xhat / M = (x - mean) inv_std sum d xhat / M.
     for n in range(N):
         d = &dx[n, c, 0] if relu else &dout[n, c, 0]
-        _input_gradient(d, &xhat[n, c, 0], &dx[n, c, 0], S, <floating>(gamma * inv_std),
-                        <floating>(sum_d / M), <floating>(sum_dxhat / M))
+        _input_gradient(d, &x[n, c, 0], &dx[n, c, 0], S, <floating>(gamma * inv_std),
+                        <floating>(sum_d / M), <floating>mean,
+                        <floating>(inv_std * sum_dxhat / M))
 
 
-def batchnorm_train_backward(const floating[:, :, ::1] dout, const floating[:, :, ::1] xhat,
+def batchnorm_train_backward(const floating[:, :, ::1] dout, const floating[:, :, ::1] x,
                              const unsigned char[:, :, ::1] mask, const floating[::1] gamma,
-                             const double[::1] inv_std, bint relu, floating[:, :, ::1] dx,
-                             double[::1] dgamma, double[::1] dbeta):
-    """Backward of batchnorm_train_forward (through its relu, by mask, when relu): dx
-    (N, C, S), dgamma and dbeta (C,) in double. Parallel over channels."""
+                             const double[::1] mean, const double[::1] inv_std, bint relu,
+                             floating[:, :, ::1] dx, double[::1] dgamma, double[::1] dbeta):
+    """Backward of batchnorm_train_forward (through its relu, by mask, when relu) from its
+    input x and statistics: dx (N, C, S), dgamma and dbeta (C,) in double. Parallel over
+    channels."""
     cdef Py_ssize_t C = dout.shape[1]
     cdef Py_ssize_t c
+    _require(x.shape[0] == dout.shape[0] and x.shape[1] == C and x.shape[2] == dout.shape[2]
+             and dx.shape[0] == dout.shape[0] and dx.shape[1] == C
+             and dx.shape[2] == dout.shape[2] and gamma.shape[0] == C and mean.shape[0] == C
+             and inv_std.shape[0] == C and dgamma.shape[0] == C and dbeta.shape[0] == C
+             and (not relu or (mask.shape[0] == dout.shape[0] and mask.shape[1] == C
+                               and mask.shape[2] == dout.shape[2])),
+             "x, dx (and mask, with relu) of dout's shape (N, C, S), gamma and the "
+             "statistics (C,)")
     with nogil:
         for c in prange(C, schedule="static", num_threads=_threads()):
-            _batchnorm_channel_backward(dout, xhat, mask, c, gamma[c], inv_std[c], relu, dx,
-                                        &dgamma[c], &dbeta[c])
+            _batchnorm_channel_backward(dout, x, mask, c, gamma[c], mean[c], inv_std[c], relu,
+                                        dx, &dgamma[c], &dbeta[c])
 
 
 # ============================================================= Winograd F(2x2, 3x3) kernels

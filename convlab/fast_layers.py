@@ -824,16 +824,19 @@ def _spatial_batchnorm_fast(x, gamma, beta, bn_param, relu):
     momentum = bn_param.get("momentum", 0.9)
     running_mean, running_var = batchnorm_running_stats(bn_param, C, x.dtype)
     x_planes = np.ascontiguousarray(x).reshape(N, C, H * W)
-    xhat, out = np.empty_like(x_planes), np.empty_like(x_planes)
+    out = np.empty_like(x_planes)
     # The relu's mask, one byte a value; without relu the kernel never reads it.
     mask = np.empty(x_planes.shape if relu else (1, 1, 1), dtype=np.uint8)
     mean, var, inv_std = np.empty(C), np.empty(C), np.empty(C)
     gamma, beta = np.ascontiguousarray(gamma), np.ascontiguousarray(beta)
-    _kernels.batchnorm_train_forward(x_planes, gamma, beta, eps, relu, xhat, out, mask, mean,
-                                     var, inv_std)
+    _kernels.batchnorm_train_forward(x_planes, gamma, beta, eps, relu, out, mask, mean, var,
+                                     inv_std)
     bn_param["running_mean"] = (momentum * running_mean + (1 - momentum) * mean).astype(x.dtype)
     bn_param["running_var"] = (momentum * running_var + (1 - momentum) * var).astype(x.dtype)
-    return out.reshape(x.shape), (x.shape, xhat, mask, gamma, inv_std, relu)
+    # The input, not xhat: the backward recomputes xhat = (x - mean) inv_std as it reads x,
+    # so the forward writes one array of the activations' size fewer, and keeps none more
+    # alive (x is the convolution's output, which the step holds anyway).
+    return out.reshape(x.shape), (x.shape, x_planes, mask, gamma, mean, inv_std, relu)
 
 
 def _spatial_batchnorm_backward_fast(dout, cache, relu):
@@ -843,14 +846,14 @@ def _spatial_batchnorm_backward_fast(dout, cache, relu):
             dout = relu_backward(dout, relu_cache)
         return spatial_batchnorm_backward(dout, cache)
     require_train_cache(cache)
-    shape, xhat, mask, gamma, inv_std, relu = cache
-    N, C, S = xhat.shape
-    dout = check_dout(dout, shape, xhat.dtype).reshape(N, C, S)
-    dx = np.empty_like(xhat)
+    shape, x, mask, gamma, mean, inv_std, relu = cache
+    N, C, S = x.shape
+    dout = check_dout(dout, shape, x.dtype).reshape(N, C, S)
+    dx = np.empty_like(x)
     dgamma, dbeta = np.empty(C), np.empty(C)
-    _kernels.batchnorm_train_backward(dout, xhat, mask, gamma, inv_std, relu, dx, dgamma,
+    _kernels.batchnorm_train_backward(dout, x, mask, gamma, mean, inv_std, relu, dx, dgamma,
                                       dbeta)
-    return dx.reshape(shape), dgamma.astype(xhat.dtype), dbeta.astype(xhat.dtype)
+    return dx.reshape(shape), dgamma.astype(x.dtype), dbeta.astype(x.dtype)
 
 
 def spatial_batchnorm_forward_fast(x, gamma, beta, bn_param):
@@ -858,7 +861,7 @@ def spatial_batchnorm_forward_fast(x, gamma, beta, bn_param):
 
     x: (N, C, H, W); gamma, beta: (C,). In train mode one parallel task per channel makes
     three passes over its values (mean, variance, normalise) while they sit in cache; the
-    cache holds xhat and the per-channel scale. Returns out (N, C, H, W) and cache.
+    cache holds x and the per-channel mean and scale. Returns out (N, C, H, W) and cache.
     """
     return _spatial_batchnorm_fast(x, gamma, beta, bn_param, relu=False)
 

@@ -972,6 +972,21 @@ def _bad_kernel_calls():
         np.zeros((2, 4, 6, 6), f4), np.zeros((16, 4, 9), f4), np.zeros((1, 4)), 2, 3, 3)
     yield "tiles", lambda: k.winograd_input_grad_transform(np.zeros((16, 16, 0), f4), x16, 0,
                                                            1, 0, 0)
+    planes, stats = np.zeros((2, 3, 25), f4), np.zeros(3)
+    yield "out (and mask, with relu) of x's shape", lambda: k.batchnorm_train_forward(
+        planes, np.ones(3, f4), np.zeros(3, f4), 1e-5, True, planes, np.zeros((2, 3, 24),
+                                                                             np.uint8),
+        stats, stats, stats)
+    yield "gamma, beta and the statistics (C,)", lambda: k.batchnorm_train_forward(
+        planes, np.ones(2, f4), np.zeros(3, f4), 1e-5, False, planes,
+        np.zeros((1, 1, 1), np.uint8), stats, stats, stats)
+    yield "x, dx (and mask, with relu) of dout's shape", lambda: k.batchnorm_train_backward(
+        planes, np.zeros((2, 3, 24), f4), np.zeros((1, 1, 1), np.uint8), np.ones(3, f4),
+        stats, stats, False, planes, stats, stats)
+    yield "w, dw, the state and the out arrays of one length", lambda: k.adam_update(
+        *[np.zeros(5, f4)] * 4, np.zeros(4, f4), *[np.zeros(5, f4)] * 2, 1e-3, 0.9, 0.999,
+        1e-8, 1)
+    yield "t >= 1", lambda: k.adam_update(*[np.zeros(5, f4)] * 7, 1e-3, 0.9, 0.999, 1e-8, 0)
 
 
 @pytest.mark.parametrize("match, call", list(_bad_kernel_calls()))
