@@ -36,7 +36,7 @@ from convlab._checks import (
     require_train_cache,
 )
 from convlab._heap import keep_freed_memory
-from convlab._threads import get_num_threads, load_kernels, map_chunks, matmul
+from convlab._threads import chunk_workers, get_num_threads, load_kernels, map_chunks, matmul
 from convlab.backend import is_host
 from convlab.gather_layers import (
     avg_pool_backward_gather,
@@ -111,6 +111,10 @@ _WINOGRAD_MIN_CHANNELS = 16
 # 1-1.5 MB a chunk on one thread and on two (2 MB: +8% on one thread; 0.5 MB: +6% on one,
 # +13% on two).
 _WINOGRAD_CHUNK_BYTES = 1 << 20
+# At most this much memory holds the Winograd backward's per-chunk shares of the filter
+# gradient (more than all shares of the reference net's layers: 7 MiB at 64 -> 128
+# channels, 8x8, batch 64 on two threads).
+_WINOGRAD_SHARES_BYTES = 16 << 20
 
 
 # ============================================================================ validation
@@ -320,10 +324,18 @@ def _conv_backward_winograd(x, w, grad, pad, dx):
     U_t = _winograd_filters(w).transpose(0, 2, 1) if dx is not None else None  # (16, C, F)
     bias_parts = np.empty((N, F))  # float64 sums of dout per (sample, filter)
     chunks = _winograd_chunks(N, C, F, T, x.itemsize)
-    # Each chunk's share of dU in a slot of its own, allocated here once: allocating them
-    # in the workers (an mmap and munmap each) stalls both cores on every chunk.
-    dU_shares = np.empty((len(chunks), 16, F, C), dtype=x.dtype)
-    slot = {n0: i for i, (n0, _) in enumerate(chunks)}
+    # Each chunk's share of dU in a slot of its own, allocated here once (allocating them
+    # in the workers, an mmap and munmap each, stalled both cores on every chunk). A share
+    # is as big as the layer's 16 F C transformed filters, so for wide layers the chunks
+    # run in rounds of as many slots as fit _WINOGRAD_SHARES_BYTES, each round's shares
+    # added into dU before the next: 512 -> 512 channels at 4x4 would otherwise hold 16
+    # shares of 16 MiB.
+    workers = chunk_workers(len(chunks))
+    share_bytes = 16 * F * C * x.itemsize
+    slots = max(workers, _WINOGRAD_SHARES_BYTES // share_bytes // workers * workers)
+    slots = min(slots, len(chunks))
+    dU_shares = np.empty((slots, 16, F, C), dtype=x.dtype)
+    slot = {n0: i % slots for i, (n0, _) in enumerate(chunks)}
 
     def chunk(n0, nc, threads):
         """This chunk's share of dU, its dx and its bias_parts rows, in place."""
@@ -341,16 +353,20 @@ def _conv_backward_winograd(x, w, grad, pad, dx):
             np.matmul(U_t, dM, out=V)
             _kernels.winograd_input_grad_transform(V, dx, n0, pad, th, tw, threads)
 
-    map_chunks(chunk, chunks)
+    # dU: the shares added share after share in chunk order, a round at a time: the same
+    # result whichever thread computed which share. In the shares' own precision, by
+    # NumPy's vectorised loops: summed in float64 by the kernel it took 2.4x longer (183
+    # against 78 us for 32 shares of 64 x 32 filters), a tenth of the layer's backward on
+    # two threads.
+    dU = None
+    for first in range(0, len(chunks), slots):
+        round_chunks = chunks[first:first + slots]
+        map_chunks(chunk, round_chunks)
+        shares_sum = np.add.reduce(dU_shares[:len(round_chunks)], axis=0)  # (16, F, C)
+        dU = shares_sum if dU is None else np.add(dU, shares_sum, out=dU)
     dw = np.zeros((F, C, 3, 3), dtype=x.dtype)
-    if chunks:
-        # dw = G^T dU G of the shares' sum, added share after share in chunk order: the
-        # same result whichever thread computed which share. In the shares' own precision,
-        # by NumPy's vectorised loops: summed in float64 by the kernel it took 2.4x longer
-        # (183 against 78 us for 32 shares of 64 x 32 filters), a tenth of the layer's
-        # backward on two threads.
-        dU = np.add.reduce(dU_shares, axis=0)  # (16, F, C)
-        _kernels.winograd_filter_grad_transform(dU, dw)
+    if dU is not None:
+        _kernels.winograd_filter_grad_transform(dU, dw)  # dw = G^T dU G
     return dw, bias_parts.sum(axis=0)
 
 

@@ -362,8 +362,12 @@ def test_sample_chunks_split_a_shared_budget_or_give_each_chunk_its_own(threads)
 
 
 @pytest.mark.parametrize("chunk_bytes", [1, 50_000, 1 << 30])
-def test_winograd_conv_is_independent_of_chunking(rng, monkeypatch, chunk_bytes):
+@pytest.mark.parametrize("shares_bytes", [1, 16 * 4 * 16 * 8 * 3, 1 << 30],
+                         ids=["a round per worker", "rounds of 3 shares", "one round"])
+def test_winograd_conv_is_independent_of_chunking(rng, monkeypatch, threads, chunk_bytes,
+                                                  shares_bytes):
     monkeypatch.setattr(fl, "_WINOGRAD_CHUNK_BYTES", chunk_bytes)
+    monkeypatch.setattr(fl, "_WINOGRAD_SHARES_BYTES", shares_bytes)
     x, w, b, conv_param = conv_inputs(rng, (7, 16, 6, 5, 4, 3, 3, 1, 1))
     _check_against_naive(x, w, b, conv_param, np.float64)
 
