@@ -463,8 +463,9 @@ def _conv_forward(x, w, b, conv_param, pool_param=None, relu=False):
 
 
 def conv_forward_fast(x, w, b, conv_param):
-    """Convolution by chunked im2col + GEMM (Winograd for 3x3 stride-1 convolutions of 16
-    channels or more). Contract of conv_forward_naive; b may be None.
+    """Convolution by chunked im2col + a GEMM per sample (Winograd for 3x3 stride-1
+    convolutions of 16 channels or more; no im2col for 1x1 stride-1 unpadded ones).
+    Contract of conv_forward_naive; b may be None.
 
     x: (N, C, H, W), w: (F, C, HH, WW), b: (F,) or None. Returns out (N, F, H', W'), cache.
     """
@@ -534,7 +535,8 @@ def _conv_backward(grad, cache, need_dx):
         if pointwise:  # the samples are their own columns (C, P)
             cols = x[n0:n0 + nc].reshape(nc, C, P)
             share = np.empty((K + 1, F))
-            share[:K] = np.matmul(cols, grad_samples.transpose(0, 2, 1)).sum(axis=0)
+            products = np.matmul(cols, grad_samples.transpose(0, 2, 1))  # (nc, C, F)
+            share[:K] = products.sum(axis=0, dtype=np.float64)
             share[K] = grad_samples.sum(axis=(0, 2), dtype=np.float64)
             if need_dx:
                 np.matmul(w_rows_t, grad_samples, out=dx[n0:n0 + nc].reshape(nc, C, P))
