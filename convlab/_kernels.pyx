@@ -87,14 +87,17 @@ cdef int _require_columns(Py_ssize_t N, Py_ssize_t C, Py_ssize_t H, Py_ssize_t W
 cdef int _require_tiles(Py_ssize_t N, Py_ssize_t channels, Py_ssize_t Ho, Py_ssize_t Wo,
                         Py_ssize_t planes, Py_ssize_t rows, Py_ssize_t cols, Py_ssize_t n0,
                         Py_ssize_t th, Py_ssize_t tw) except -1:
-    """The Winograd transforms' contract: a (16, channels, nc th tw) array of the tiles of
-    samples n0 .. n0 + nc, th x tw the 2x2 tiles that cover an Ho x Wo output."""
-    _require(Ho >= 1 and Wo >= 1 and th == (Ho + 1) // 2 and tw == (Wo + 1) // 2,
-             "th, tw = ceil(Ho / 2), ceil(Wo / 2) tiles")
-    _require(planes == 16 and rows == channels and cols % (th * tw) == 0,
-             "tiles of shape (16, channels, nc th tw)")
+    """The Winograd transforms' contract: a (planes, channels, nc th tw) array of the tiles
+    of samples n0 .. n0 + nc, th x tw the m x m tiles that cover an Ho x Wo output, with
+    16 planes for F(2x2, 3x3) (m = 2) or 36 for F(4x4, 3x3) (m = 4). Returns m."""
+    _require(planes == 16 or planes == 36, "16 planes (F(2x2, 3x3)) or 36 (F(4x4, 3x3))")
+    cdef Py_ssize_t m = 2 if planes == 16 else 4
+    _require(Ho >= 1 and Wo >= 1 and th == (Ho + m - 1) // m and tw == (Wo + m - 1) // m,
+             "th, tw = ceil(Ho / m), ceil(Wo / m) tiles of m x m outputs")
+    _require(rows == channels and cols % (th * tw) == 0,
+             "tiles of shape (planes, channels, nc th tw)")
     _require(0 <= n0 and n0 + cols // (th * tw) <= N, "samples n0 .. n0 + nc within the batch")
-    return 0
+    return m
 
 
 # ============================================================================ C helpers
@@ -1036,6 +1039,234 @@ cdef void _filter_grad_tiles(const floating* d, Py_ssize_t C, Py_ssize_t k_strid
     free(gd)
 
 
+# ============================================================= Winograd F(4x4, 3x3) kernels
+#
+# The same convolution on 4x4 output tiles: 6x6 input tiles d, 36 elementwise products per
+# 16 outputs (F(2x2, 3x3): 16 per 4), so 36 GEMMs (F, C) @ (C, T) with 1.78x fewer
+# multiplies in all and a transformed input 2.25x the input's size instead of 4x. Layouts
+# as above with 36 planes: V[6 i + j, c, t] = (B^T d B)[i, j]; tile t's outputs are rows
+# 4 ty .. 4 ty + 3 and its input tile starts at row 4 ty - pad, column 4 tx - pad.
+#
+#     B^T = [4  0 -5  0  1  0]    A^T = [1  1  1  1  1  0]
+#           [0 -4 -4  1  1  0]          [0  1 -1  2 -2  0]
+#           [0  4 -4 -1  1  0]          [0  1  1  4  4  0]
+#           [0 -2 -1  2  1  0]          [0  1 -1  8 -8  1]
+#           [0  2 -1 -2  1  0]
+#           [0  4  0 -5  0  1]
+#
+# (the filter transform G (6x3) is a GEMM in convlab.fast_layers). The six-point helpers
+# below apply B^T, B, A^T and A to one vector read s_in apart and written s_out apart.
+
+
+cdef inline void _bt6(const floating* d, Py_ssize_t s_in, floating* out,
+                      Py_ssize_t s_out) noexcept nogil:
+    """out = B^T d."""
+    cdef floating d0 = d[0], d1 = d[s_in], d2 = d[2 * s_in], d3 = d[3 * s_in]
+    cdef floating d4 = d[4 * s_in], d5 = d[5 * s_in]
+    cdef floating even = d4 - 4 * d2, odd = d3 - 4 * d1  # rows 1, 2
+    cdef floating even2 = d4 - d2, odd2 = 2 * (d3 - d1)  # rows 3, 4
+    out[0] = 4 * d0 - 5 * d2 + d4
+    out[s_out] = even + odd
+    out[2 * s_out] = even - odd
+    out[3 * s_out] = even2 + odd2
+    out[4 * s_out] = even2 - odd2
+    out[5 * s_out] = 4 * d1 - 5 * d3 + d5
+
+
+cdef inline void _bt6_rows(const floating* d0, const floating* d1, const floating* d2,
+                           const floating* d3, const floating* d4, const floating* d5,
+                           floating* out, Py_ssize_t stride, Py_ssize_t n) noexcept nogil:
+    """out's rows 0..5 (stride apart) = B^T (d0, ..., d5) elementwise for n elements: a
+    loop a row, one store stream each, as gcc vectorises (see _a_rows)."""
+    cdef Py_ssize_t e
+    for e in range(n):
+        out[e] = 4 * d0[e] - 5 * d2[e] + d4[e]
+    for e in range(n):
+        out[stride + e] = (d4[e] - 4 * d2[e]) + (d3[e] - 4 * d1[e])
+    for e in range(n):
+        out[2 * stride + e] = (d4[e] - 4 * d2[e]) - (d3[e] - 4 * d1[e])
+    for e in range(n):
+        out[3 * stride + e] = (d4[e] - d2[e]) + 2 * (d3[e] - d1[e])
+    for e in range(n):
+        out[4 * stride + e] = (d4[e] - d2[e]) - 2 * (d3[e] - d1[e])
+    for e in range(n):
+        out[5 * stride + e] = 4 * d1[e] - 5 * d3[e] + d5[e]
+
+
+cdef inline void _at6(const floating* m, Py_ssize_t s_in, floating* out, Py_ssize_t s_out,
+                      floating bias) noexcept nogil:
+    """out = A^T m + bias (4 values)."""
+    cdef floating sum12 = m[s_in] + m[2 * s_in], diff12 = m[s_in] - m[2 * s_in]
+    cdef floating sum34 = m[3 * s_in] + m[4 * s_in], diff34 = m[3 * s_in] - m[4 * s_in]
+    out[0] = m[0] + sum12 + sum34 + bias
+    out[s_out] = diff12 + 2 * diff34 + bias
+    out[2 * s_out] = sum12 + 4 * sum34 + bias
+    out[3 * s_out] = diff12 + 8 * diff34 + m[5 * s_in] + bias
+
+
+cdef inline void _a6(const floating* y, Py_ssize_t s_in, floating* out,
+                     Py_ssize_t s_out) noexcept nogil:
+    """out = A y (6 values from 4): the adjoint of _at6."""
+    cdef floating y0 = y[0], y1 = y[s_in], y2 = y[2 * s_in], y3 = y[3 * s_in]
+    cdef floating even = y0 + y2, odd = y1 + y3
+    cdef floating even4 = y0 + 4 * y2, odd4 = 2 * y1 + 8 * y3
+    out[0] = y0
+    out[s_out] = even + odd
+    out[2 * s_out] = even - odd
+    out[3 * s_out] = even4 + odd4
+    out[4 * s_out] = even4 - odd4
+    out[5 * s_out] = y3
+
+
+cdef inline void _b6(const floating* v, Py_ssize_t s_in, floating* out) noexcept nogil:
+    """out[0..5] = B v: the adjoint of _bt6."""
+    cdef floating v0 = v[0], v5 = v[5 * s_in]
+    cdef floating sum12 = v[s_in] + v[2 * s_in], diff12 = v[s_in] - v[2 * s_in]
+    cdef floating sum34 = v[3 * s_in] + v[4 * s_in], diff34 = v[3 * s_in] - v[4 * s_in]
+    out[0] = 4 * v0
+    out[1] = -4 * diff12 - 2 * diff34 + 4 * v5
+    out[2] = -5 * v0 - 4 * sum12 - sum34
+    out[3] = diff12 + 2 * diff34 - 5 * v5
+    out[4] = v0 + sum12 + sum34
+    out[5] = v5
+
+
+cdef void _input_tiles4(const floating* plane, Py_ssize_t H, Py_ssize_t W, int pad,
+                        Py_ssize_t th, Py_ssize_t tw, floating* v, Py_ssize_t k_stride,
+                        Py_ssize_t t_stride) noexcept nogil:
+    # As _input_tiles: a row of tiles at a time, r = B^T d down the columns of the six
+    # input rows under it over the tiles' width L = 4 tw + 2 (zero in the padding), then
+    # B along the columns, tile by tile, into the 36 planes.
+    cdef Py_ssize_t L = 4 * tw + 2
+    cdef floating* r = <floating*> calloc(6 * L + W, sizeof(floating))
+    cdef floating* zeros = r + 6 * L  # stands in for the rows above and below the plane
+    cdef const floating* d[6]
+    cdef floating* out
+    cdef Py_ssize_t ty, tx, i, y
+    for ty in range(th):
+        for i in range(6):
+            y = 4 * ty - pad + i
+            d[i] = plane + y * W if 0 <= y < H else zeros
+        _bt6_rows(d[0], d[1], d[2], d[3], d[4], d[5], r + pad, L, W)
+        for i in range(6):
+            out = v + 6 * i * k_stride + ty * tw * t_stride
+            for tx in range(tw):
+                _bt6(r + i * L + 4 * tx, 1, out + tx * t_stride, k_stride)
+    free(r)
+
+
+cdef void _output_tiles4(const floating* m, Py_ssize_t k_stride, floating bias,
+                         floating* plane, Py_ssize_t Ho, Py_ssize_t Wo, Py_ssize_t th,
+                         Py_ssize_t tw) noexcept nogil:
+    # A row of tiles at a time into four output rows of the tiles' width 4 tw (A^T down
+    # each of a tile's six columns, then along its four rows), copied to the plane
+    # without what lies past its edge.
+    cdef floating* rows = <floating*> malloc(16 * tw * sizeof(floating))
+    cdef floating p[24]  # A^T m of one tile: 4 rows of 6
+    cdef const floating* mt
+    cdef Py_ssize_t ty, tx, i, j
+    for ty in range(th):
+        for tx in range(tw):
+            mt = m + ty * tw + tx
+            for j in range(6):
+                _at6(mt + j * k_stride, 6 * k_stride, p + j, 6, 0)
+            for i in range(4):
+                _at6(p + 6 * i, 1, rows + i * 4 * tw + 4 * tx, 1, bias)
+        for i in range(4):
+            if 4 * ty + i < Ho:
+                memcpy(plane + (4 * ty + i) * Wo, rows + i * 4 * tw, Wo * sizeof(floating))
+    free(rows)
+
+
+cdef void _output_grad_tiles4(const floating* plane, Py_ssize_t Ho, Py_ssize_t Wo,
+                              Py_ssize_t th, Py_ssize_t tw, floating* dm,
+                              Py_ssize_t k_stride) noexcept nogil:
+    """dm = A dy A^T of every 4x4 tile dy of the plane (zero past its edge)."""
+    cdef floating y[16]
+    cdef floating q[24]  # A dy: 6 rows of 4
+    cdef floating* out
+    cdef Py_ssize_t ty, tx, i, j, rows, cols
+    for ty in range(th):
+        rows = min(4, Ho - 4 * ty)
+        for tx in range(tw):
+            cols = min(4, Wo - 4 * tx)
+            for i in range(4):
+                for j in range(4):
+                    y[4 * i + j] = (plane[(4 * ty + i) * Wo + 4 * tx + j]
+                                    if i < rows and j < cols else 0)
+            for j in range(4):
+                _a6(y + j, 4, q + j, 4)
+            out = dm + ty * tw + tx
+            for i in range(6):
+                _a6(q + 4 * i, 1, out + 6 * i * k_stride, k_stride)
+
+
+cdef void _input_grad_tiles4(const floating* v, Py_ssize_t k_stride, floating* plane,
+                             Py_ssize_t H, Py_ssize_t W, int pad, Py_ssize_t th,
+                             Py_ssize_t tw) noexcept nogil:
+    """plane = the sum over tiles of B v B^T at each tile's input position."""
+    # As _input_grad_tiles: a row of tiles at a time, u_i = row i of v B^T over the
+    # tiles' width L = 4 tw + 2 (neighbouring tiles overlap by two columns and add up
+    # there), then B down u's six rows gives the six input rows, added to the plane where
+    # they lie inside it.
+    cdef Py_ssize_t L = 4 * tw + 2
+    cdef floating* u = <floating*> malloc(6 * L * sizeof(floating))
+    cdef floating b[6]
+    cdef floating* ui
+    cdef floating* u0
+    cdef floating* u1
+    cdef floating* u2
+    cdef floating* u3
+    cdef floating* u4
+    cdef floating* u5
+    cdef floating* dst
+    cdef Py_ssize_t ty, tx, i, k, y, x, x_lo, x_hi
+    x_lo = min(max(pad, 0), L)
+    x_hi = max(min(W + pad, L), x_lo)
+    u0 = u
+    u1 = u + L
+    u2 = u + 2 * L
+    u3 = u + 3 * L
+    u4 = u + 4 * L
+    u5 = u + 5 * L
+    memset(plane, 0, H * W * sizeof(floating))
+    for ty in range(th):
+        memset(u, 0, 6 * L * sizeof(floating))
+        for i in range(6):
+            ui = u + i * L
+            for tx in range(tw):
+                _b6(v + 6 * i * k_stride + ty * tw + tx, k_stride, b)
+                for k in range(6):
+                    ui[4 * tx + k] += b[k]
+        # input rows 4 ty - pad + a, a = 0 .. 5, are the rows of B u (a loop each)
+        y = 4 * ty - pad
+        if 0 <= y < H:
+            dst = plane + y * W
+            for x in range(x_lo, x_hi):
+                dst[x - pad] += 4 * u0[x]
+        if 0 <= y + 1 < H:
+            dst = plane + (y + 1) * W
+            for x in range(x_lo, x_hi):
+                dst[x - pad] += -4 * (u1[x] - u2[x]) - 2 * (u3[x] - u4[x]) + 4 * u5[x]
+        if 0 <= y + 2 < H:
+            dst = plane + (y + 2) * W
+            for x in range(x_lo, x_hi):
+                dst[x - pad] += -5 * u0[x] - 4 * (u1[x] + u2[x]) - (u3[x] + u4[x])
+        if 0 <= y + 3 < H:
+            dst = plane + (y + 3) * W
+            for x in range(x_lo, x_hi):
+                dst[x - pad] += (u1[x] - u2[x]) + 2 * (u3[x] - u4[x]) - 5 * u5[x]
+        if 0 <= y + 4 < H:
+            dst = plane + (y + 4) * W
+            for x in range(x_lo, x_hi):
+                dst[x - pad] += u0[x] + (u1[x] + u2[x]) + (u3[x] + u4[x])
+        if 0 <= y + 5 < H:
+            dst = plane + (y + 5) * W
+            for x in range(x_lo, x_hi):
+                dst[x - pad] += u5[x]
+    free(u)
+
+
 def winograd_filter_transform(const floating[:, :, :, ::1] w, floating[:, :, ::1] U,
                               int threads=0):
     """U[4 i + j, f, c] = (G g G^T)[i, j] of every 3x3 filter g = w[f, c]: U (16, F, C)."""
@@ -1064,9 +1295,10 @@ def winograd_filter_grad_transform(const floating[:, :, ::1] dU, floating[:, :, 
 def winograd_input_transform(const floating[:, :, :, ::1] x, floating[:, :, :] V,
                              Py_ssize_t n0, int pad, Py_ssize_t th, Py_ssize_t tw,
                              int threads=0):
-    """V (16, C, nc th tw) = B^T d B of every input tile of samples n0 .. n0 + nc. V may
-    be any strided view, e.g. the transpose of a (16, nc th tw, C) array: the layout that
-    makes the backward's dM V^T a GEMM without a transposed operand."""
+    """V (16 or 36, C, nc th tw) = B^T d B of every input tile of samples n0 .. n0 + nc,
+    for F(2x2, 3x3) or F(4x4, 3x3) by V's planes. V may be any strided view, e.g. the
+    transpose of a (planes, nc th tw, C) array: the layout that makes the backward's
+    dM V^T a GEMM without a transposed operand."""
     cdef Py_ssize_t C = x.shape[1], H = x.shape[2], W = x.shape[3]
     cdef Py_ssize_t T = th * tw
     cdef Py_ssize_t nc = V.shape[2] // T if T > 0 else 0
@@ -1074,9 +1306,9 @@ def winograd_input_transform(const floating[:, :, :, ::1] x, floating[:, :, :] V
     cdef Py_ssize_t t_stride = V.strides[2] // sizeof(floating)
     cdef Py_ssize_t blocks = (C + _CHANNEL_BLOCK - 1) // _CHANNEL_BLOCK
     cdef Py_ssize_t task, n, c
-    _require_tiles(x.shape[0], C, H + 2 * pad - 2, W + 2 * pad - 2, V.shape[0], V.shape[1],
-                   V.shape[2], n0, th, tw)
-    if V.strides[1] == sizeof(floating) and t_stride != 1:
+    cdef int m = _require_tiles(x.shape[0], C, H + 2 * pad - 2, W + 2 * pad - 2, V.shape[0],
+                                V.shape[1], V.shape[2], n0, th, tw)
+    if m == 2 and V.strides[1] == sizeof(floating) and t_stride != 1:
         with nogil:  # V^T's layout: a task per (sample, block of channels)
             for task in prange(nc * blocks, schedule="static", num_threads=_threads(threads)):
                 n = task // blocks
@@ -1089,69 +1321,89 @@ def winograd_input_transform(const floating[:, :, :, ::1] x, floating[:, :, :] V
         for task in prange(nc * C, schedule="static", num_threads=_threads(threads)):
             n = task // C
             c = task % C
-            _input_tiles(&x[n0 + n, c, 0, 0], H, W, pad, th, tw, &V[0, c, n * T], k_stride,
-                         t_stride)
+            if m == 2:
+                _input_tiles(&x[n0 + n, c, 0, 0], H, W, pad, th, tw, &V[0, c, n * T],
+                             k_stride, t_stride)
+            else:
+                _input_tiles4(&x[n0 + n, c, 0, 0], H, W, pad, th, tw, &V[0, c, n * T],
+                              k_stride, t_stride)
 
 
 def winograd_output_transform(const floating[:, :, :] M, const floating[::1] bias,
                               floating[:, :, :, ::1] out, Py_ssize_t n0, Py_ssize_t th,
                               Py_ssize_t tw, int threads=0):
-    """out[n0 .. n0 + nc] = A^T m A + bias for every tile's 16 products m in M."""
+    """out[n0 .. n0 + nc] = A^T m A + bias for every tile's 16 (F(2x2, 3x3)) or 36
+    (F(4x4, 3x3)) products m in M."""
     cdef Py_ssize_t F = out.shape[1], Ho = out.shape[2], Wo = out.shape[3]
     cdef Py_ssize_t T = th * tw
     cdef Py_ssize_t nc = M.shape[2] // T if T > 0 else 0
     cdef Py_ssize_t k_stride = M.strides[0] // sizeof(floating)
     cdef Py_ssize_t task, n, f
-    _require_tiles(out.shape[0], F, Ho, Wo, M.shape[0], M.shape[1], M.shape[2], n0, th, tw)
+    cdef int m = _require_tiles(out.shape[0], F, Ho, Wo, M.shape[0], M.shape[1], M.shape[2],
+                                n0, th, tw)
     _require(bias.shape[0] == F, "bias (F,)")
     with nogil:
         for task in prange(nc * F, schedule="static", num_threads=_threads(threads)):
             n = task // F
             f = task % F
-            _output_tiles(&M[0, f, n * T], k_stride, bias[f], &out[n0 + n, f, 0, 0], Ho, Wo,
-                          th, tw)
+            if m == 2:
+                _output_tiles(&M[0, f, n * T], k_stride, bias[f], &out[n0 + n, f, 0, 0], Ho,
+                              Wo, th, tw)
+            else:
+                _output_tiles4(&M[0, f, n * T], k_stride, bias[f], &out[n0 + n, f, 0, 0], Ho,
+                               Wo, th, tw)
 
 
 def winograd_output_grad_transform(const floating[:, :, :, ::1] dout, floating[:, :, :] dM,
                                    double[:, ::1] bias_grad, Py_ssize_t n0, Py_ssize_t th,
                                    Py_ssize_t tw, int threads=0):
-    """dM (16, F, nc th tw) = A dy A^T of every 2x2 tile dy of dout[n0 .. n0 + nc] (zero
-    past the edge); bias_grad[n, f] = the sum of dout[n0 + n, f]."""
+    """dM (16 or 36, F, nc th tw) = A dy A^T of every 2x2 or 4x4 tile dy of dout[n0 ..
+    n0 + nc] (zero past the edge); bias_grad[n, f] = the sum of dout[n0 + n, f]."""
     cdef Py_ssize_t F = dout.shape[1], Ho = dout.shape[2], Wo = dout.shape[3]
     cdef Py_ssize_t T = th * tw
     cdef Py_ssize_t nc = dM.shape[2] // T if T > 0 else 0
     cdef Py_ssize_t k_stride = dM.strides[0] // sizeof(floating)
     cdef Py_ssize_t task, n, f
-    _require_tiles(dout.shape[0], F, Ho, Wo, dM.shape[0], dM.shape[1], dM.shape[2], n0, th,
-                   tw)
+    cdef int m = _require_tiles(dout.shape[0], F, Ho, Wo, dM.shape[0], dM.shape[1],
+                                dM.shape[2], n0, th, tw)
     _require(bias_grad.shape[0] >= nc and bias_grad.shape[1] == F, "bias_grad (nc, F)")
     with nogil:
         for task in prange(nc * F, schedule="static", num_threads=_threads(threads)):
             n = task // F
             f = task % F
-            bias_grad[n, f] = _output_grad_tiles(&dout[n0 + n, f, 0, 0], Ho, Wo, th, tw,
-                                                 &dM[0, f, n * T], k_stride)
+            if m == 2:
+                bias_grad[n, f] = _output_grad_tiles(&dout[n0 + n, f, 0, 0], Ho, Wo, th, tw,
+                                                     &dM[0, f, n * T], k_stride)
+            else:
+                _output_grad_tiles4(&dout[n0 + n, f, 0, 0], Ho, Wo, th, tw, &dM[0, f, n * T],
+                                    k_stride)
+                bias_grad[n, f] = _sum(&dout[n0 + n, f, 0, 0], Ho * Wo)
 
 
 def winograd_input_grad_transform(const floating[:, :, :] dV, floating[:, :, :, ::1] dx,
                                   Py_ssize_t n0, int pad, Py_ssize_t th, Py_ssize_t tw,
                                   int threads=0):
     """dx[n0 .. n0 + nc] = the sum over tiles of B dv B^T placed at each tile's input
-    position (overwrites dx; values in the padding are dropped)."""
+    position (overwrites dx; values in the padding are dropped), dV's 16 or 36 planes
+    telling F(2x2, 3x3) from F(4x4, 3x3)."""
     cdef Py_ssize_t C = dx.shape[1], H = dx.shape[2], W = dx.shape[3]
     cdef Py_ssize_t T = th * tw
     cdef Py_ssize_t nc = dV.shape[2] // T if T > 0 else 0
     cdef Py_ssize_t k_stride = dV.strides[0] // sizeof(floating)
     cdef Py_ssize_t task, n, c
-    _require_tiles(dx.shape[0], C, H + 2 * pad - 2, W + 2 * pad - 2, dV.shape[0],
-                   dV.shape[1], dV.shape[2], n0, th, tw)
+    cdef int m = _require_tiles(dx.shape[0], C, H + 2 * pad - 2, W + 2 * pad - 2,
+                                dV.shape[0], dV.shape[1], dV.shape[2], n0, th, tw)
     with nogil:
         # Each task owns one (sample, channel) plane, so overlapping tiles need no atomics.
         for task in prange(nc * C, schedule="static", num_threads=_threads(threads)):
             n = task // C
             c = task % C
-            _input_grad_tiles(&dV[0, c, n * T], k_stride, &dx[n0 + n, c, 0, 0], H, W, pad,
-                              th, tw)
+            if m == 2:
+                _input_grad_tiles(&dV[0, c, n * T], k_stride, &dx[n0 + n, c, 0, 0], H, W,
+                                  pad, th, tw)
+            else:
+                _input_grad_tiles4(&dV[0, c, n * T], k_stride, &dx[n0 + n, c, 0, 0], H, W,
+                                   pad, th, tw)
 
 
 # ================================================================= optimizer updates

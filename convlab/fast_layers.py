@@ -103,6 +103,10 @@ _CHUNK_BYTES = 4 << 20
 # are 9x. With fewer channels the GEMMs' inner dimension is too short to pay (a network's
 # first layer, C = 3, stays on im2col).
 _WINOGRAD_MIN_CHANNELS = 16
+# Outputs at least this size on each side go through F(4x4, 3x3) instead (36 products per
+# 16 outputs where F(2x2, 3x3) takes 16 per 4); smaller ones would be mostly padding
+# tiles.
+_WINOGRAD4_MIN_SIZE = 4
 # Winograd works on much smaller chunks than im2col: its transformed input and products of a
 # chunk then stay in the L2/L3 caches from transform to GEMM to transform, which measured
 # 2x faster at 1-2 MB than at 24 MB (reference net, batch 64, one core). The budget is each
@@ -255,34 +259,53 @@ def _uses_winograd(w, stride):
     return HH == WW == 3 and stride == 1 and C >= _WINOGRAD_MIN_CHANNELS
 
 
-def _winograd_tiles(Ho, Wo):
-    """(th, tw): the 2x2 output tiles that cover an H' x W' output."""
-    return -(-Ho // 2), -(-Wo // 2)
+def _winograd_tile_size(Ho, Wo):
+    """m of the Winograd F(m x m, 3x3) that convolves to an H' x W' output: 4 once the
+    output is at least _WINOGRAD4_MIN_SIZE on each side, else 2."""
+    return 4 if min(Ho, Wo) >= _WINOGRAD4_MIN_SIZE else 2
 
 
-# Elements between V's (and M's) 16 planes beyond their (rows, cols) matrices: with the
+def _winograd_tiles(Ho, Wo, m=2):
+    """(th, tw): the m x m output tiles that cover an H' x W' output."""
+    return -(-Ho // m), -(-Wo // m)
+
+
+# Elements between V's (and M's) planes beyond their (rows, cols) matrices: with the
 # planes a multiple of 4 KiB apart, as they would be for the usual power-of-two sizes, a
 # tile's 16 values compete for the same cache sets, which made the transforms 6x slower.
 _WINOGRAD_PLANE_PAD = 16
 
 
-def _winograd_scratch(name, rows, cols, dtype):
-    """A reusable (16, rows, cols) array whose planes are _WINOGRAD_PLANE_PAD elements
+def _winograd_scratch(name, planes, rows, cols, dtype):
+    """A reusable (planes, rows, cols) array whose planes are _WINOGRAD_PLANE_PAD elements
     further apart than contiguity would put them; each plane is C-contiguous."""
-    flat = _scratch(name, (16, rows * cols + _WINOGRAD_PLANE_PAD), dtype)
-    return flat[:, :rows * cols].reshape(16, rows, cols)
+    flat = _scratch(name, (planes, rows * cols + _WINOGRAD_PLANE_PAD), dtype)
+    return flat[:, :rows * cols].reshape(planes, rows, cols)
 
 
-def _winograd_chunks(N, C, F, T, itemsize):
+def _winograd_chunks(N, C, F, planes, T, itemsize):
     """_sample_chunks for a Winograd convolution of C -> F channels over T tiles a sample:
-    a sample's V (16, C, T) and M (16, F, T), each chunk within its own budget."""
-    return _sample_chunks(N, 16 * (C + F) * T * itemsize, _WINOGRAD_CHUNK_BYTES,
+    a sample's V (planes, C, T) and M (planes, F, T), each chunk within its own budget."""
+    return _sample_chunks(N, planes * (C + F) * T * itemsize, _WINOGRAD_CHUNK_BYTES,
                           per_chunk_budget=True)
 
 
-def _winograd_filters(w):
-    """U (16, F, C) = G g G^T of every 3x3 filter g = w[f, c]: U[4 i + j, f, c]."""
+# F(4x4, 3x3)'s filter transform G (6 x 3) and, as one (36, 9) matrix, G (x) G: U = G g G^T
+# of a 3x3 filter g is (G (x) G) vec(g), so the transforms of all F C filters are one GEMM.
+_WINOGRAD4_G = np.array([[1 / 4, 0, 0], [-1 / 6, -1 / 6, -1 / 6], [-1 / 6, 1 / 6, -1 / 6],
+                         [1 / 24, 1 / 12, 1 / 6], [1 / 24, -1 / 12, 1 / 6], [0, 0, 1]])
+_WINOGRAD4_GG = np.kron(_WINOGRAD4_G, _WINOGRAD4_G)
+
+
+def _winograd_filters(w, m=2):
+    """U ((m + 2)^2, F, C) = G g G^T of every 3x3 filter g = w[f, c]: U[(m + 2) i + j, f, c]."""
     F, C = w.shape[:2]
+    if m == 4:
+        GG = _WINOGRAD4_GG.astype(w.dtype)
+        # by the chunk workers on a single-threaded BLAS, as every GEMM between chunks: a
+        # GEMM on OpenBLAS's own threads leaves them spinning against the workers (2x
+        # slower convolutions on two threads)
+        return matmul(GG, w.reshape(F * C, 9).T).reshape(36, F, C)  # (36, 9) @ (9, F C)
     U = np.empty((16, F, C), dtype=w.dtype)
     # On one thread: 10-70 us of work for the usual layers, less than waking a second
     # (passively waiting) OpenMP thread costs.
@@ -290,25 +313,40 @@ def _winograd_filters(w):
     return U
 
 
+def _winograd_filter_grad(dU, m):
+    """dw (F, C, 3, 3) = G^T d G for every ((m + 2)^2,) column d = dU[:, f, c]: the adjoint
+    of _winograd_filters."""
+    _, F, C = dU.shape
+    dw = np.empty((F, C, 3, 3), dtype=dU.dtype)
+    if m == 4:
+        GG = _WINOGRAD4_GG.astype(dU.dtype)
+        dw.reshape(F * C, 9)[...] = matmul(GG.T, dU.reshape(36, F * C)).T  # (9, F C)
+    else:
+        _kernels.winograd_filter_grad_transform(dU, dw)
+    return dw
+
+
 def _conv_forward_winograd(x, w, bias, pad, sink):
-    """The 3x3 stride-1 convolution of x by Winograd F(2x2, 3x3), chunk by chunk into sink
-    (see _ConvOutput)."""
+    """The 3x3 stride-1 convolution of x by Winograd F(2x2, 3x3) or F(4x4, 3x3), chunk by
+    chunk into sink (see _ConvOutput)."""
     N, C = x.shape[:2]
     F, Ho, Wo = sink.shape[1:]
-    th, tw = _winograd_tiles(Ho, Wo)
+    m = _winograd_tile_size(Ho, Wo)
+    th, tw = _winograd_tiles(Ho, Wo, m)
     T = th * tw
-    U = _winograd_filters(w)
+    U = _winograd_filters(w, m)
+    planes = U.shape[0]
 
     def chunk(n0, nc, threads):
-        V = _winograd_scratch("winograd_V", C, nc * T, x.dtype)
+        V = _winograd_scratch("winograd_V", planes, C, nc * T, x.dtype)
         _kernels.winograd_input_transform(x, V, n0, pad, th, tw, threads)
-        M = _winograd_scratch("winograd_M", F, nc * T, x.dtype)
-        np.matmul(U, V, out=M)  # 16 GEMMs (F, C) @ (C, nc T)
+        M = _winograd_scratch("winograd_M", planes, F, nc * T, x.dtype)
+        np.matmul(U, V, out=M)  # a GEMM (F, C) @ (C, nc T) a plane
         out = sink.chunk(n0, nc)
         _kernels.winograd_output_transform(M, bias, out, 0, th, tw, threads)
         sink.done(n0, nc, out, threads)
 
-    map_chunks(chunk, _winograd_chunks(N, C, F, T, x.itemsize))
+    map_chunks(chunk, _winograd_chunks(N, C, F, planes, T, x.itemsize))
 
 
 def _conv_backward_winograd(x, w, grad, pad, dx):
@@ -317,39 +355,41 @@ def _conv_backward_winograd(x, w, grad, pad, dx):
     chunk by chunk instead of kept from the forward."""
     N, C = x.shape[:2]
     F, Ho, Wo = grad.shape[1:]
-    th, tw = _winograd_tiles(Ho, Wo)
+    m = _winograd_tile_size(Ho, Wo)
+    th, tw = _winograd_tiles(Ho, Wo, m)
     T = th * tw
+    planes = (m + 2) ** 2
     # dV = U^T dM reads U through a transposed view: OpenBLAS packs it as fast as a
-    # contiguous (16, C, F) copy, which took twice as long to transform as U.
-    U_t = _winograd_filters(w).transpose(0, 2, 1) if dx is not None else None  # (16, C, F)
+    # contiguous (planes, C, F) copy, which took twice as long to transform as U.
+    U_t = _winograd_filters(w, m).transpose(0, 2, 1) if dx is not None else None
     bias_parts = np.empty((N, F))  # float64 sums of dout per (sample, filter)
-    chunks = _winograd_chunks(N, C, F, T, x.itemsize)
+    chunks = _winograd_chunks(N, C, F, planes, T, x.itemsize)
     # Each chunk's share of dU in a slot of its own, allocated here once (allocating them
     # in the workers, an mmap and munmap each, stalled both cores on every chunk). A share
-    # is as big as the layer's 16 F C transformed filters, so for wide layers the chunks
-    # run in rounds of as many slots as fit _WINOGRAD_SHARES_BYTES, each round's shares
-    # added into dU before the next: 512 -> 512 channels at 4x4 would otherwise hold 16
-    # shares of 16 MiB.
+    # is as big as the layer's transformed filters, so for wide layers the chunks run in
+    # rounds of as many slots as fit _WINOGRAD_SHARES_BYTES, each round's shares added
+    # into dU before the next: 512 -> 512 channels at 4x4 would otherwise hold 16 shares
+    # of 16 MiB.
     workers = chunk_workers(len(chunks))
-    share_bytes = 16 * F * C * x.itemsize
+    share_bytes = planes * F * C * x.itemsize
     slots = max(workers, _WINOGRAD_SHARES_BYTES // share_bytes // workers * workers)
     slots = min(slots, len(chunks))
-    dU_shares = np.empty((slots, 16, F, C), dtype=x.dtype)
+    dU_shares = np.empty((slots, planes, F, C), dtype=x.dtype)
     slot = {n0: i % slots for i, (n0, _) in enumerate(chunks)}
 
     def chunk(n0, nc, threads):
         """This chunk's share of dU, its dx and its bias_parts rows, in place."""
-        dM = _winograd_scratch("winograd_M", F, nc * T, x.dtype)
+        dM = _winograd_scratch("winograd_M", planes, F, nc * T, x.dtype)
         _kernels.winograd_output_grad_transform(grad.chunk(n0, nc, threads), dM,
                                                 bias_parts[n0:n0 + nc], 0, th, tw, threads)
-        # V^T (16, nc T, C) written by the transform directly: OpenBLAS runs dM V^T about
-        # twice as fast with V^T contiguous as with V's transposed view.
-        V_t = _winograd_scratch("winograd_V", nc * T, C, x.dtype)
+        # V^T (planes, nc T, C) written by the transform directly: OpenBLAS runs dM V^T
+        # about twice as fast with V^T contiguous as with V's transposed view.
+        V_t = _winograd_scratch("winograd_V", planes, nc * T, C, x.dtype)
         _kernels.winograd_input_transform(x, V_t.transpose(0, 2, 1), n0, pad, th, tw, threads)
         np.matmul(dM, V_t, out=dU_shares[slot[n0]])
         if dx is not None:
-            # V is spent: its buffer takes dV (16, C, nc T)
-            V = _winograd_scratch("winograd_V", C, nc * T, x.dtype)
+            # V is spent: its buffer takes dV (planes, C, nc T)
+            V = _winograd_scratch("winograd_V", planes, C, nc * T, x.dtype)
             np.matmul(U_t, dM, out=V)
             _kernels.winograd_input_grad_transform(V, dx, n0, pad, th, tw, threads)
 
@@ -362,12 +402,11 @@ def _conv_backward_winograd(x, w, grad, pad, dx):
     for first in range(0, len(chunks), slots):
         round_chunks = chunks[first:first + slots]
         map_chunks(chunk, round_chunks)
-        shares_sum = np.add.reduce(dU_shares[:len(round_chunks)], axis=0)  # (16, F, C)
+        shares_sum = np.add.reduce(dU_shares[:len(round_chunks)], axis=0)  # (planes, F, C)
         dU = shares_sum if dU is None else np.add(dU, shares_sum, out=dU)
-    dw = np.zeros((F, C, 3, 3), dtype=x.dtype)
-    if dU is not None:
-        _kernels.winograd_filter_grad_transform(dU, dw)  # dw = G^T dU G
-    return dw, bias_parts.sum(axis=0)
+    if dU is None:
+        return np.zeros((F, C, 3, 3), dtype=x.dtype), bias_parts.sum(axis=0)
+    return _winograd_filter_grad(dU, m), bias_parts.sum(axis=0)
 
 
 def _is_pointwise(w, stride, pad):

@@ -434,6 +434,78 @@ def test_winograd_input_transform_writes_any_strided_view_alike(rng, dtype, C, H
     np.testing.assert_allclose(V, want.reshape(16, C, -1), rtol=1e-12, atol=1e-5)
 
 
+@pytest.mark.parametrize("tile", [2, 4])
+@pytest.mark.parametrize("geometry", [
+    (3, 16, 8, 8, 5, 3, 3, 1, 1),    # whole tiles of either size
+    (2, 17, 7, 9, 4, 3, 3, 1, 1),    # the last row and column of 4x4 tiles mostly out
+    (2, 16, 3, 2, 3, 3, 3, 1, 2),    # outputs 5 x 4 from more padding than input
+    (2, 16, 3, 3, 3, 3, 3, 1, 0),    # a 1 x 1 output: one tile, almost all outside
+])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_winograd_conv_matches_naive_with_either_tile_size(rng, monkeypatch, threads, tile,
+                                                           geometry, dtype):
+    # _WINOGRAD4_MIN_SIZE 1 puts every output on F(4x4, 3x3), one past any size on F(2x2).
+    monkeypatch.setattr(fl, "_WINOGRAD4_MIN_SIZE", 1 if tile == 4 else 1 << 30)
+    x, w, b, conv_param = conv_inputs(rng, geometry)
+    Ho, Wo = conv_forward_naive(x, w, b, conv_param)[0].shape[2:]
+    assert fl._winograd_tile_size(Ho, Wo) == tile
+    _check_against_naive(x, w, b, conv_param, dtype)
+
+
+def test_winograd_picks_4x4_tiles_for_outputs_of_at_least_4x4():
+    assert fl._winograd_tile_size(4, 4) == fl._winograd_tile_size(32, 9) == 4
+    assert fl._winograd_tile_size(3, 32) == fl._winograd_tile_size(2, 2) == 2
+
+
+def test_winograd_4x4_conv_gradients_numerically(rng):
+    x, w, b, conv_param = conv_inputs(rng, (2, 16, 6, 5, 3, 3, 3, 1, 1))
+    assert fl._winograd_tile_size(6, 5) == 4
+    check_layer_gradients(lambda x_, w_, b_: fl.conv_forward_fast(x_, w_, b_, conv_param),
+                          fl.conv_backward_fast, (x, w, b), rng, tol=1e-9, h=1.0)
+
+
+# F(4x4, 3x3)'s matrices (Lavin & Gray, 2016), written out independently of the kernels.
+WINOGRAD4_G = np.array([[1 / 4, 0, 0], [-1 / 6, -1 / 6, -1 / 6], [-1 / 6, 1 / 6, -1 / 6],
+                        [1 / 24, 1 / 12, 1 / 6], [1 / 24, -1 / 12, 1 / 6], [0, 0, 1]])
+WINOGRAD4_BT = np.array([[4, 0, -5, 0, 1, 0], [0, -4, -4, 1, 1, 0], [0, 4, -4, -1, 1, 0],
+                         [0, -2, -1, 2, 1, 0], [0, 2, -1, -2, 1, 0], [0, 4, 0, -5, 0, 1]])
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_winograd_4x4_filter_transforms_are_G_g_G_transposed_and_its_adjoint(rng, threads,
+                                                                             dtype):
+    F, C = 5, 17
+    w = rng.standard_normal((F, C, 3, 3)).astype(dtype)
+    U = fl._winograd_filters(w, 4)
+    want = np.einsum("ia,fcab,jb->ijfc", WINOGRAD4_G, w, WINOGRAD4_G).reshape(36, F, C)
+    tol = 1e-6 if dtype == np.float32 else 1e-14
+    assert U.dtype == dtype
+    np.testing.assert_allclose(U, want, rtol=tol, atol=tol)
+    dU = rng.standard_normal((36, F, C)).astype(dtype)
+    dw = fl._winograd_filter_grad(dU, 4)
+    want = np.einsum("ia,ijfc,jb->fcab", WINOGRAD4_G, dU.reshape(6, 6, F, C), WINOGRAD4_G)
+    assert dw.dtype == dtype
+    np.testing.assert_allclose(dw, want, rtol=tol, atol=tol)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("C, H, W, pad", [(5, 7, 6, 1), (16, 4, 5, 0), (3, 9, 10, 2)])
+def test_winograd_4x4_input_transform_is_BT_d_B_in_either_layout(rng, dtype, C, H, W, pad):
+    x = rng.standard_normal((3, C, H, W)).astype(dtype)
+    th, tw = fl._winograd_tiles(H + 2 * pad - 2, W + 2 * pad - 2, 4)
+    V = np.empty((36, C, 2 * th * tw), dtype=dtype)
+    fl._kernels.winograd_input_transform(x, V, 1, pad, th, tw)
+    V_t = np.full((36, 2 * th * tw, C), np.nan, dtype=dtype)
+    fl._kernels.winograd_input_transform(x, V_t.transpose(0, 2, 1), 1, pad, th, tw)
+    np.testing.assert_array_equal(V_t.transpose(0, 2, 1), V)
+    padded = np.pad(x[1:], ((0, 0), (0, 0), (pad, 4 * th + 2 - H - pad),
+                            (pad, 4 * tw + 2 - W - pad)))
+    tiles = np.lib.stride_tricks.sliding_window_view(padded, (6, 6), axis=(2, 3))[:, :, ::4, ::4]
+    want = np.einsum("ia,nctsab,jb->ijcnts", WINOGRAD4_BT, tiles, WINOGRAD4_BT)
+    tol = 1e-5 if dtype == np.float32 else 1e-12
+    np.testing.assert_allclose(V, want.reshape(36, C, -1), rtol=tol, atol=tol)
+
+
 def test_convolutions_below_the_channel_threshold_stay_on_im2col(rng):
     w = rng.standard_normal((4, fl._WINOGRAD_MIN_CHANNELS - 1, 3, 3))
     assert not fl._uses_winograd(w, 1)
@@ -966,6 +1038,10 @@ def _bad_kernel_calls():
     x16 = np.zeros((2, 16, 6, 6), f4)  # Ho = Wo = 6 at pad 1: 3 x 3 tiles
     yield "tiles", lambda: k.winograd_input_transform(x16, np.zeros((16, 16, 8), f4), 0, 1,
                                                       2, 4)
+    yield "16 planes", lambda: k.winograd_input_transform(x16, np.zeros((25, 16, 9), f4), 0, 1,
+                                                          3, 3)
+    yield "tiles", lambda: k.winograd_output_transform(  # 3 x 3 tiles are F(2x2)'s, not F(4x4)'s
+        np.zeros((36, 4, 9), f4), np.zeros(4, f4), np.zeros((2, 4, 6, 6), f4), 0, 3, 3)
     yield "tiles of shape", lambda: k.winograd_input_transform(x16, np.zeros((16, 15, 9), f4),
                                                                0, 1, 3, 3)
     yield "within the batch", lambda: k.winograd_input_transform(
