@@ -404,9 +404,8 @@ def _conv_backward_winograd(x, w, grad, pad, dx):
         map_chunks(chunk, round_chunks)
         shares_sum = np.add.reduce(dU_shares[:len(round_chunks)], axis=0)  # (planes, F, C)
         dU = shares_sum if dU is None else np.add(dU, shares_sum, out=dU)
-    if dU is None:
-        return np.zeros((F, C, 3, 3), dtype=x.dtype), bias_parts.sum(axis=0)
-    return _winograd_filter_grad(dU, m), bias_parts.sum(axis=0)
+    dw = np.zeros((F, C, 3, 3), dtype=x.dtype) if dU is None else _winograd_filter_grad(dU, m)
+    return dw, bias_parts.sum(axis=0)
 
 
 def _is_pointwise(w, stride, pad):

@@ -414,26 +414,6 @@ def test_winograd_filter_grad_transform_is_G_transposed_dU_G(rng, threads, dtype
                                np.vdot(w, want), rtol=1e-12)
 
 
-@pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@pytest.mark.parametrize("C, H, W, pad", [(5, 7, 6, 1), (16, 4, 5, 0), (37, 6, 9, 2)])
-def test_winograd_input_transform_writes_any_strided_view_alike(rng, dtype, C, H, W, pad):
-    # The backward writes V (16, C, tiles) as the transpose of a (16, tiles, C) array, by
-    # blocks of channels (a last block that is partial with C = 5 or 37).
-    x = rng.standard_normal((3, C, H, W)).astype(dtype)
-    th, tw = fl._winograd_tiles(H + 2 * pad - 2, W + 2 * pad - 2)
-    V = np.empty((16, C, 2 * th * tw), dtype=dtype)
-    fl._kernels.winograd_input_transform(x, V, 1, pad, th, tw)
-    V_t = np.full((16, 2 * th * tw, C), np.nan, dtype=dtype)
-    fl._kernels.winograd_input_transform(x, V_t.transpose(0, 2, 1), 1, pad, th, tw)
-    np.testing.assert_array_equal(V_t.transpose(0, 2, 1), V)
-    # ... and V is B^T d B of each tile (the forward's layout, checked against NumPy).
-    padded = np.pad(x[1:], ((0, 0), (0, 0), (pad, 2 * th + 2 - H - pad),
-                            (pad, 2 * tw + 2 - W - pad)))
-    tiles = np.lib.stride_tricks.sliding_window_view(padded, (4, 4), axis=(2, 3))[:, :, ::2, ::2]
-    want = np.einsum("ia,nctsab,jb->ijcnts", WINOGRAD_BT, tiles, WINOGRAD_BT)
-    np.testing.assert_allclose(V, want.reshape(16, C, -1), rtol=1e-12, atol=1e-5)
-
-
 @pytest.mark.parametrize("tile", [2, 4])
 @pytest.mark.parametrize("geometry", [
     (3, 16, 8, 8, 5, 3, 3, 1, 1),    # whole tiles of either size
@@ -488,22 +468,31 @@ def test_winograd_4x4_filter_transforms_are_G_g_G_transposed_and_its_adjoint(rng
     np.testing.assert_allclose(dw, want, rtol=tol, atol=tol)
 
 
+@pytest.mark.parametrize("tile, BT", [(2, WINOGRAD_BT), (4, WINOGRAD4_BT)], ids=["2x2", "4x4"])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@pytest.mark.parametrize("C, H, W, pad", [(5, 7, 6, 1), (16, 4, 5, 0), (3, 9, 10, 2)])
-def test_winograd_4x4_input_transform_is_BT_d_B_in_either_layout(rng, dtype, C, H, W, pad):
+@pytest.mark.parametrize("C, H, W, pad", [(5, 7, 6, 1), (16, 4, 5, 0), (37, 6, 9, 2),
+                                          (3, 9, 10, 2)])
+def test_winograd_input_transform_is_BT_d_B_in_either_layout(rng, tile, BT, dtype, C, H, W,
+                                                             pad):
+    # The backward writes V (planes, C, tiles) as the transpose of a (planes, tiles, C)
+    # array (F(2x2) by blocks of channels, a last block that is partial with C = 5 or 37).
     x = rng.standard_normal((3, C, H, W)).astype(dtype)
-    th, tw = fl._winograd_tiles(H + 2 * pad - 2, W + 2 * pad - 2, 4)
-    V = np.empty((36, C, 2 * th * tw), dtype=dtype)
+    th, tw = fl._winograd_tiles(H + 2 * pad - 2, W + 2 * pad - 2, tile)
+    planes = (tile + 2) ** 2
+    V = np.empty((planes, C, 2 * th * tw), dtype=dtype)
     fl._kernels.winograd_input_transform(x, V, 1, pad, th, tw)
-    V_t = np.full((36, 2 * th * tw, C), np.nan, dtype=dtype)
+    V_t = np.full((planes, 2 * th * tw, C), np.nan, dtype=dtype)
     fl._kernels.winograd_input_transform(x, V_t.transpose(0, 2, 1), 1, pad, th, tw)
     np.testing.assert_array_equal(V_t.transpose(0, 2, 1), V)
-    padded = np.pad(x[1:], ((0, 0), (0, 0), (pad, 4 * th + 2 - H - pad),
-                            (pad, 4 * tw + 2 - W - pad)))
-    tiles = np.lib.stride_tricks.sliding_window_view(padded, (6, 6), axis=(2, 3))[:, :, ::4, ::4]
-    want = np.einsum("ia,nctsab,jb->ijcnts", WINOGRAD4_BT, tiles, WINOGRAD4_BT)
-    tol = 1e-5 if dtype == np.float32 else 1e-12
-    np.testing.assert_allclose(V, want.reshape(36, C, -1), rtol=tol, atol=tol)
+    # ... and V is B^T d B of each tile (the forward's layout, checked against NumPy).
+    padded = np.pad(x[1:], ((0, 0), (0, 0), (pad, tile * th + 2 - H - pad),
+                            (pad, tile * tw + 2 - W - pad)))
+    tiles = np.lib.stride_tricks.sliding_window_view(padded, (tile + 2, tile + 2),
+                                                     axis=(2, 3))[:, :, ::tile, ::tile]
+    want = np.einsum("ia,nctsab,jb->ijcnts", BT, tiles, BT)
+    atol = 1e-5 if dtype == np.float32 else 1e-12
+    np.testing.assert_allclose(V, want.reshape(planes, C, -1), rtol=1e-12 if tile == 2 else atol,
+                               atol=atol)
 
 
 def test_convolutions_below_the_channel_threshold_stay_on_im2col(rng):
