@@ -697,6 +697,26 @@ cdef inline void _load_tile(const floating* plane, Py_ssize_t H, Py_ssize_t W, P
 # The pointer is at tile 0 of the (channel or filter, sample) the task owns.
 
 
+cdef inline void _bt4_rows(const floating* d0, const floating* d1, const floating* d2,
+                           const floating* d3, floating* out, Py_ssize_t stride,
+                           Py_ssize_t n) noexcept nogil:
+    """out's rows 0..3 (stride apart) = B^T (d0, d1, d2, d3) elementwise for n elements:
+    d0 - d2, d1 + d2, d2 - d1, d1 - d3. A loop a row, one store stream each (see
+    _a_rows)."""
+    cdef floating* out1 = out + stride
+    cdef floating* out2 = out + 2 * stride
+    cdef floating* out3 = out + 3 * stride
+    cdef Py_ssize_t e
+    for e in range(n):
+        out[e] = d0[e] - d2[e]
+    for e in range(n):
+        out1[e] = d1[e] + d2[e]
+    for e in range(n):
+        out2[e] = d2[e] - d1[e]
+    for e in range(n):
+        out3[e] = d1[e] - d3[e]
+
+
 cdef void _input_tiles(const floating* plane, Py_ssize_t H, Py_ssize_t W, int pad,
                        Py_ssize_t th, Py_ssize_t tw, floating* v, Py_ssize_t k_stride,
                        Py_ssize_t t_stride) noexcept nogil:
@@ -713,25 +733,16 @@ cdef void _input_tiles(const floating* plane, Py_ssize_t H, Py_ssize_t W, int pa
     cdef const floating* d3
     cdef floating* ri
     cdef floating* out
-    cdef Py_ssize_t ty, tx, i, j, y
+    cdef Py_ssize_t ty, tx, i, y
     for ty in range(th):
         y = 2 * ty - pad
         d0 = plane + y * W if 0 <= y < H else zeros
         d1 = plane + (y + 1) * W if 0 <= y + 1 < H else zeros
         d2 = plane + (y + 2) * W if 0 <= y + 2 < H else zeros
         d3 = plane + (y + 3) * W if 0 <= y + 3 < H else zeros
-        # r = B^T d: rows d0 - d2, d1 + d2, d2 - d1, d1 - d3 at buffer column pad + j of
-        # input column j (every one fits: the tiles cover the padded width, L >= W + 2 pad);
-        # a loop each, as one loop for all four needs more overlap checks than the
-        # compiler's vectoriser makes. The padding columns stay zero from calloc.
-        for j in range(W):
-            r[pad + j] = d0[j] - d2[j]
-        for j in range(W):
-            r[L + pad + j] = d1[j] + d2[j]
-        for j in range(W):
-            r[2 * L + pad + j] = d2[j] - d1[j]
-        for j in range(W):
-            r[3 * L + pad + j] = d1[j] - d3[j]
+        # r = B^T d at buffer column pad + j of input column j (every one fits: the tiles
+        # cover the padded width, L >= W + 2 pad); the padding columns stay zero from calloc.
+        _bt4_rows(d0, d1, d2, d3, r + pad, L, W)
         for i in range(4):  # v = r B, tile by tile along the row
             ri = r + i * L
             out = v + 4 * i * k_stride + ty * tw * t_stride
@@ -750,27 +761,27 @@ cdef enum:
 
 cdef void _input_tiles_across_channels(const floating* x, Py_ssize_t plane_stride,
                                        Py_ssize_t cb, Py_ssize_t H, Py_ssize_t W, int pad,
-                                       Py_ssize_t th, Py_ssize_t tw, floating* v,
+                                       Py_ssize_t th, Py_ssize_t tw, int m, floating* v,
                                        Py_ssize_t k_stride,
                                        Py_ssize_t t_stride) noexcept nogil:
-    # _input_tiles for cb channels (planes plane_stride apart from x) at once, into a V
-    # whose channels are contiguous (V^T's layout): each tile's 16 values then go out as
-    # 16 runs of cb channels, where the plane-by-plane loops store single values C apart.
-    # The channels are first interleaved into a zero-padded (Hp, Lp, cb) copy of the
-    # tiles' area, so that every later step is a loop over contiguous channels.
-    cdef Py_ssize_t Lp = 2 * tw + 2, Hp = 2 * th + 2  # the tiles cover H + 2 pad, W + 2 pad
+    # The input transform of F(m x m, 3x3) (m = 2 or 4) for cb channels (planes
+    # plane_stride apart from x) at once, into a V whose channels are contiguous (V^T's
+    # layout): each tile's (m + 2)^2 values then go out as runs of cb channels, where
+    # plane-by-plane loops store single values C apart. The channels are first
+    # interleaved into a zero-padded (Hp, Lp, cb) copy of the tiles' area, so that every
+    # later step is a loop over contiguous channels: B^T down the columns of a row of
+    # tiles (whole padded rows), then B along each tile's columns.
+    cdef Py_ssize_t n = m + 2  # input tile size
+    cdef Py_ssize_t Lp = m * tw + 2, Hp = m * th + 2  # the tiles cover H + 2 pad, W + 2 pad
     cdef Py_ssize_t row = Lp * cb  # one padded row of all cb channels
-    cdef floating* xp = <floating*> calloc((Hp + 4) * row, sizeof(floating))
-    cdef floating* r = xp + Hp * row  # B^T d of a row of tiles: 4 rows of Lp x cb
+    cdef floating* xp = <floating*> calloc((Hp + n) * row, sizeof(floating))
+    cdef floating* r = xp + Hp * row  # B^T d of a row of tiles: n rows of Lp x cb
     cdef const floating* src
-    cdef const floating* d0
-    cdef const floating* d1
-    cdef const floating* d2
-    cdef const floating* d3
+    cdef const floating* d
     cdef floating* dst
     cdef floating* ri
     cdef floating* out
-    cdef Py_ssize_t c, y, j, e, ty, tx, i
+    cdef Py_ssize_t c, y, j, ty, tx, i
     for c in range(cb):
         for y in range(H):
             src = x + c * plane_stride + y * W
@@ -778,30 +789,21 @@ cdef void _input_tiles_across_channels(const floating* x, Py_ssize_t plane_strid
             for j in range(W):
                 dst[j * cb] = src[j]
     for ty in range(th):
-        d0 = xp + 2 * ty * row
-        d1 = d0 + row
-        d2 = d0 + 2 * row
-        d3 = d0 + 3 * row
-        for e in range(row):  # r = B^T d: a loop a row, as in _input_tiles
-            r[e] = d0[e] - d2[e]
-        for e in range(row):
-            r[row + e] = d1[e] + d2[e]
-        for e in range(row):
-            r[2 * row + e] = d2[e] - d1[e]
-        for e in range(row):
-            r[3 * row + e] = d1[e] - d3[e]
-        for tx in range(tw):  # v = r B, tile by tile: columns 2 tx .. 2 tx + 3 of r
-            for i in range(4):
-                ri = r + i * row + 2 * tx * cb
-                out = v + 4 * i * k_stride + (ty * tw + tx) * t_stride
-                for c in range(cb):
-                    out[c] = ri[c] - ri[2 * cb + c]
-                for c in range(cb):
-                    out[k_stride + c] = ri[cb + c] + ri[2 * cb + c]
-                for c in range(cb):
-                    out[2 * k_stride + c] = ri[2 * cb + c] - ri[cb + c]
-                for c in range(cb):
-                    out[3 * k_stride + c] = ri[cb + c] - ri[3 * cb + c]
+        d = xp + m * ty * row
+        if m == 2:
+            _bt4_rows(d, d + row, d + 2 * row, d + 3 * row, r, row, row)
+        else:
+            _bt6_rows(d, d + row, d + 2 * row, d + 3 * row, d + 4 * row, d + 5 * row, r,
+                      row, row)
+        for tx in range(tw):  # v = r B, tile by tile: columns m tx .. m tx + n - 1 of r
+            for i in range(n):
+                ri = r + i * row + m * tx * cb
+                out = v + n * i * k_stride + (ty * tw + tx) * t_stride
+                if m == 2:
+                    _bt4_rows(ri, ri + cb, ri + 2 * cb, ri + 3 * cb, out, k_stride, cb)
+                else:
+                    _bt6_rows(ri, ri + cb, ri + 2 * cb, ri + 3 * cb, ri + 4 * cb,
+                              ri + 5 * cb, out, k_stride, cb)
     free(xp)
 
 
@@ -1054,23 +1056,13 @@ cdef void _filter_grad_tiles(const floating* d, Py_ssize_t C, Py_ssize_t k_strid
 #           [0  2 -1 -2  1  0]
 #           [0  4  0 -5  0  1]
 #
-# (the filter transform G (6x3) is a GEMM in convlab.fast_layers). The six-point helpers
-# below apply B^T, B, A^T and A to one vector read s_in apart and written s_out apart.
-
-
-cdef inline void _bt6(const floating* d, Py_ssize_t s_in, floating* out,
-                      Py_ssize_t s_out) noexcept nogil:
-    """out = B^T d."""
-    cdef floating d0 = d[0], d1 = d[s_in], d2 = d[2 * s_in], d3 = d[3 * s_in]
-    cdef floating d4 = d[4 * s_in], d5 = d[5 * s_in]
-    cdef floating even = d4 - 4 * d2, odd = d3 - 4 * d1  # rows 1, 2
-    cdef floating even2 = d4 - d2, odd2 = 2 * (d3 - d1)  # rows 3, 4
-    out[0] = 4 * d0 - 5 * d2 + d4
-    out[s_out] = even + odd
-    out[2 * s_out] = even - odd
-    out[3 * s_out] = even2 + odd2
-    out[4 * s_out] = even2 - odd2
-    out[5 * s_out] = 4 * d1 - 5 * d3 + d5
+# (the filter transform G (6x3) is a GEMM in convlab.fast_layers). Each of the four
+# transforms is two passes of a six-point helper below, one down the tiles' columns and one
+# along their rows, each over many tiles at once (applied tile by tile, they ran scalar);
+# between the tiles and the planes the values are gathered or scattered four columns
+# apart (_split_quads, _gather_columns, _join_quads, _add_columns). The helpers'
+# coefficients are constants of the arrays' type: Cython writes a bare 4 as the double
+# 4.0, which put float32 arithmetic through double and back.
 
 
 cdef inline void _bt6_rows(const floating* d0, const floating* d1, const floating* d2,
@@ -1078,192 +1070,281 @@ cdef inline void _bt6_rows(const floating* d0, const floating* d1, const floatin
                            floating* out, Py_ssize_t stride, Py_ssize_t n) noexcept nogil:
     """out's rows 0..5 (stride apart) = B^T (d0, ..., d5) elementwise for n elements: a
     loop a row, one store stream each, as gcc vectorises (see _a_rows)."""
+    cdef floating two = 2, four = 4, five = 5
     cdef Py_ssize_t e
     for e in range(n):
-        out[e] = 4 * d0[e] - 5 * d2[e] + d4[e]
+        out[e] = four * d0[e] - five * d2[e] + d4[e]
     for e in range(n):
-        out[stride + e] = (d4[e] - 4 * d2[e]) + (d3[e] - 4 * d1[e])
+        out[stride + e] = (d4[e] - four * d2[e]) + (d3[e] - four * d1[e])
     for e in range(n):
-        out[2 * stride + e] = (d4[e] - 4 * d2[e]) - (d3[e] - 4 * d1[e])
+        out[2 * stride + e] = (d4[e] - four * d2[e]) - (d3[e] - four * d1[e])
     for e in range(n):
-        out[3 * stride + e] = (d4[e] - d2[e]) + 2 * (d3[e] - d1[e])
+        out[3 * stride + e] = (d4[e] - d2[e]) + two * (d3[e] - d1[e])
     for e in range(n):
-        out[4 * stride + e] = (d4[e] - d2[e]) - 2 * (d3[e] - d1[e])
+        out[4 * stride + e] = (d4[e] - d2[e]) - two * (d3[e] - d1[e])
     for e in range(n):
-        out[5 * stride + e] = 4 * d1[e] - 5 * d3[e] + d5[e]
+        out[5 * stride + e] = four * d1[e] - five * d3[e] + d5[e]
 
 
-cdef inline void _at6(const floating* m, Py_ssize_t s_in, floating* out, Py_ssize_t s_out,
-                      floating bias) noexcept nogil:
-    """out = A^T m + bias (4 values)."""
-    cdef floating sum12 = m[s_in] + m[2 * s_in], diff12 = m[s_in] - m[2 * s_in]
-    cdef floating sum34 = m[3 * s_in] + m[4 * s_in], diff34 = m[3 * s_in] - m[4 * s_in]
-    out[0] = m[0] + sum12 + sum34 + bias
-    out[s_out] = diff12 + 2 * diff34 + bias
-    out[2 * s_out] = sum12 + 4 * sum34 + bias
-    out[3 * s_out] = diff12 + 8 * diff34 + m[5 * s_in] + bias
+cdef inline void _at6_rows(const floating* m, Py_ssize_t s_in, floating* out,
+                           Py_ssize_t s_out, floating bias, Py_ssize_t n) noexcept nogil:
+    """out's rows 0..3 (s_out apart) = A^T (m's rows 0..5, s_in apart) + bias, elementwise
+    for n elements."""
+    cdef floating two = 2, four = 4, eight = 8
+    cdef const floating* m1 = m + s_in
+    cdef const floating* m2 = m + 2 * s_in
+    cdef const floating* m3 = m + 3 * s_in
+    cdef const floating* m4 = m + 4 * s_in
+    cdef const floating* m5 = m + 5 * s_in
+    cdef floating* out1 = out + s_out
+    cdef floating* out2 = out + 2 * s_out
+    cdef floating* out3 = out + 3 * s_out
+    cdef Py_ssize_t e
+    for e in range(n):
+        out[e] = m[e] + (m1[e] + m2[e]) + (m3[e] + m4[e]) + bias
+    for e in range(n):
+        out1[e] = (m1[e] - m2[e]) + two * (m3[e] - m4[e]) + bias
+    for e in range(n):
+        out2[e] = (m1[e] + m2[e]) + four * (m3[e] + m4[e]) + bias
+    for e in range(n):
+        out3[e] = (m1[e] - m2[e]) + eight * (m3[e] - m4[e]) + m5[e] + bias
 
 
-cdef inline void _a6(const floating* y, Py_ssize_t s_in, floating* out,
-                     Py_ssize_t s_out) noexcept nogil:
-    """out = A y (6 values from 4): the adjoint of _at6."""
-    cdef floating y0 = y[0], y1 = y[s_in], y2 = y[2 * s_in], y3 = y[3 * s_in]
-    cdef floating even = y0 + y2, odd = y1 + y3
-    cdef floating even4 = y0 + 4 * y2, odd4 = 2 * y1 + 8 * y3
-    out[0] = y0
-    out[s_out] = even + odd
-    out[2 * s_out] = even - odd
-    out[3 * s_out] = even4 + odd4
-    out[4 * s_out] = even4 - odd4
-    out[5 * s_out] = y3
+cdef inline void _a6_rows(const floating* y, Py_ssize_t s_in, floating* out,
+                          Py_ssize_t s_out, Py_ssize_t n) noexcept nogil:
+    """out's rows 0..5 (s_out apart) = A (y's rows 0..3, s_in apart), elementwise for n
+    elements: the adjoint of _at6_rows."""
+    cdef floating two = 2, four = 4, eight = 8
+    cdef const floating* y1 = y + s_in
+    cdef const floating* y2 = y + 2 * s_in
+    cdef const floating* y3 = y + 3 * s_in
+    cdef Py_ssize_t e
+    for e in range(n):
+        out[e] = y[e]
+    for e in range(n):
+        out[s_out + e] = (y[e] + y2[e]) + (y1[e] + y3[e])
+    for e in range(n):
+        out[2 * s_out + e] = (y[e] + y2[e]) - (y1[e] + y3[e])
+    for e in range(n):
+        out[3 * s_out + e] = (y[e] + four * y2[e]) + (two * y1[e] + eight * y3[e])
+    for e in range(n):
+        out[4 * s_out + e] = (y[e] + four * y2[e]) - (two * y1[e] + eight * y3[e])
+    for e in range(n):
+        out[5 * s_out + e] = y3[e]
 
 
-cdef inline void _b6(const floating* v, Py_ssize_t s_in, floating* out) noexcept nogil:
-    """out[0..5] = B v: the adjoint of _bt6."""
-    cdef floating v0 = v[0], v5 = v[5 * s_in]
-    cdef floating sum12 = v[s_in] + v[2 * s_in], diff12 = v[s_in] - v[2 * s_in]
-    cdef floating sum34 = v[3 * s_in] + v[4 * s_in], diff34 = v[3 * s_in] - v[4 * s_in]
-    out[0] = 4 * v0
-    out[1] = -4 * diff12 - 2 * diff34 + 4 * v5
-    out[2] = -5 * v0 - 4 * sum12 - sum34
-    out[3] = diff12 + 2 * diff34 - 5 * v5
-    out[4] = v0 + sum12 + sum34
-    out[5] = v5
+cdef inline void _b6_rows(const floating* v, Py_ssize_t s_in, floating* out,
+                          Py_ssize_t s_out, Py_ssize_t n) noexcept nogil:
+    """out's rows 0..5 (s_out apart) = B (v's rows 0..5, s_in apart), elementwise for n
+    elements: the adjoint of _bt6_rows."""
+    cdef floating two = 2, four = 4, five = 5
+    cdef const floating* v1 = v + s_in
+    cdef const floating* v2 = v + 2 * s_in
+    cdef const floating* v3 = v + 3 * s_in
+    cdef const floating* v4 = v + 4 * s_in
+    cdef const floating* v5 = v + 5 * s_in
+    cdef Py_ssize_t e
+    for e in range(n):
+        out[e] = four * v[e]
+    for e in range(n):
+        out[s_out + e] = -four * (v1[e] - v2[e]) - two * (v3[e] - v4[e]) + four * v5[e]
+    for e in range(n):
+        out[2 * s_out + e] = -five * v[e] - four * (v1[e] + v2[e]) - (v3[e] + v4[e])
+    for e in range(n):
+        out[3 * s_out + e] = (v1[e] - v2[e]) + two * (v3[e] - v4[e]) - five * v5[e]
+    for e in range(n):
+        out[4 * s_out + e] = v[e] + (v1[e] + v2[e]) + (v3[e] + v4[e])
+    for e in range(n):
+        out[5 * s_out + e] = v5[e]
 
 
-cdef void _input_tiles4(const floating* plane, Py_ssize_t H, Py_ssize_t W, int pad,
-                        Py_ssize_t th, Py_ssize_t tw, floating* v, Py_ssize_t k_stride,
-                        Py_ssize_t t_stride) noexcept nogil:
-    # As _input_tiles: a row of tiles at a time, r = B^T d down the columns of the six
-    # input rows under it over the tiles' width L = 4 tw + 2 (zero in the padding), then
-    # B along the columns, tile by tile, into the 36 planes.
-    cdef Py_ssize_t L = 4 * tw + 2
-    cdef floating* r = <floating*> calloc(6 * L + W, sizeof(floating))
+cdef inline void _split_quads(const floating* row, Py_ssize_t W, floating* out,
+                              Py_ssize_t stride, Py_ssize_t tw) noexcept nogil:
+    """out[b stride + tx] = row[4 tx + b] for b < 4, tx < tw: a row's columns by their
+    place in its 4-wide tiles, zero past the row's W."""
+    cdef Py_ssize_t tx, b, whole = W // 4
+    for tx in range(whole):
+        out[tx] = row[4 * tx]
+        out[stride + tx] = row[4 * tx + 1]
+        out[2 * stride + tx] = row[4 * tx + 2]
+        out[3 * stride + tx] = row[4 * tx + 3]
+    if whole < tw:  # the last tile reaches past the edge
+        for b in range(4):
+            out[b * stride + whole] = row[4 * whole + b] if 4 * whole + b < W else 0
+
+
+cdef inline void _gather_columns(const floating* row, floating* out, Py_ssize_t stride,
+                                 Py_ssize_t tw) noexcept nogil:
+    """out[j stride + tx] = row[4 tx + j] for j < 6, tx < tw: each 6-wide tile's columns
+    of a row 4 tw + 2 long (neighbouring tiles share two columns)."""
+    cdef Py_ssize_t tx, j
+    for j in range(6):
+        for tx in range(tw):
+            out[j * stride + tx] = row[4 * tx + j]
+
+
+cdef inline void _join_quads(const floating* y, Py_ssize_t stride, floating* row,
+                             Py_ssize_t tw) noexcept nogil:
+    """row[4 tx + b] = y[b stride + tx] for b < 4, tx < tw: the inverse of _split_quads."""
+    cdef Py_ssize_t tx
+    for tx in range(tw):
+        row[4 * tx] = y[tx]
+        row[4 * tx + 1] = y[stride + tx]
+        row[4 * tx + 2] = y[2 * stride + tx]
+        row[4 * tx + 3] = y[3 * stride + tx]
+
+
+cdef inline void _add_columns(const floating* d, Py_ssize_t stride, floating* row,
+                              Py_ssize_t tw) noexcept nogil:
+    """row[4 tx + j] = the sum of d[j stride + tx] over the tiles tx (tx < tw, j < 6) that
+    cover that column: the adjoint of _gather_columns (row is 4 tw + 2 long)."""
+    cdef Py_ssize_t tx
+    row[4 * tw] = 0
+    row[4 * tw + 1] = 0
+    for tx in range(tw):  # columns 0..3 of each tile, one tile's apiece
+        row[4 * tx] = d[tx]
+        row[4 * tx + 1] = d[stride + tx]
+        row[4 * tx + 2] = d[2 * stride + tx]
+        row[4 * tx + 3] = d[3 * stride + tx]
+    for tx in range(tw):  # columns 4, 5: the next tile's columns 0, 1
+        row[4 * tx + 4] += d[4 * stride + tx]
+        row[4 * tx + 5] += d[5 * stride + tx]
+
+
+# The F(4x4, 3x3) loops: each is called by one parallel task, for one channel (or filter)
+# of all nc samples of a chunk, whose planes lie sample_stride elements apart: each helper
+# call then runs over the nc T tiles that are contiguous in V (or M), where a sample's T
+# tiles (4-16 at CIFAR's sizes) made loops too short to gain from vectorising. Within a
+# plane k of V (or M), a channel's tiles must be contiguous.
+
+
+cdef void _input_tiles4(const floating* x, Py_ssize_t sample_stride, Py_ssize_t nc,
+                        Py_ssize_t H, Py_ssize_t W, int pad, Py_ssize_t th, Py_ssize_t tw,
+                        floating* v, Py_ssize_t k_stride) noexcept nogil:
+    # Per row of tiles, r = B^T d down the columns of the six input rows under it, over the
+    # tiles' width L = 4 tw + 2 (zero in the padding), and each tile's six columns of r
+    # gathered into c (6 rows i x 6 columns j of the nc T tiles); then B along the columns
+    # j, over all tiles, into V's 36 planes (whose tiles must be contiguous).
+    cdef Py_ssize_t L = 4 * tw + 2, T = th * tw, Tn = nc * T
+    cdef floating* r = <floating*> malloc((6 * L + W + 36 * Tn) * sizeof(floating))
     cdef floating* zeros = r + 6 * L  # stands in for the rows above and below the plane
+    cdef floating* c = zeros + W  # c[(6 i + j) Tn + t]
+    cdef const floating* plane
     cdef const floating* d[6]
-    cdef floating* out
-    cdef Py_ssize_t ty, tx, i, y
-    for ty in range(th):
-        for i in range(6):
-            y = 4 * ty - pad + i
-            d[i] = plane + y * W if 0 <= y < H else zeros
-        _bt6_rows(d[0], d[1], d[2], d[3], d[4], d[5], r + pad, L, W)
-        for i in range(6):
-            out = v + 6 * i * k_stride + ty * tw * t_stride
-            for tx in range(tw):
-                _bt6(r + i * L + 4 * tx, 1, out + tx * t_stride, k_stride)
+    cdef Py_ssize_t n, ty, i, y
+    memset(r, 0, (6 * L + W) * sizeof(floating))
+    for n in range(nc):
+        plane = x + n * sample_stride
+        for ty in range(th):
+            for i in range(6):
+                y = 4 * ty - pad + i
+                d[i] = plane + y * W if 0 <= y < H else zeros
+            _bt6_rows(d[0], d[1], d[2], d[3], d[4], d[5], r + pad, L, W)
+            for i in range(6):
+                _gather_columns(r + i * L, c + 6 * i * Tn + n * T + ty * tw, Tn, tw)
+    for i in range(6):
+        _bt6_rows(c + 6 * i * Tn, c + (6 * i + 1) * Tn, c + (6 * i + 2) * Tn,
+                  c + (6 * i + 3) * Tn, c + (6 * i + 4) * Tn, c + (6 * i + 5) * Tn,
+                  v + 6 * i * k_stride, k_stride, Tn)
     free(r)
 
 
 cdef void _output_tiles4(const floating* m, Py_ssize_t k_stride, floating bias,
-                         floating* plane, Py_ssize_t Ho, Py_ssize_t Wo, Py_ssize_t th,
+                         floating* out, Py_ssize_t sample_stride, Py_ssize_t nc,
+                         Py_ssize_t Ho, Py_ssize_t Wo, Py_ssize_t th,
                          Py_ssize_t tw) noexcept nogil:
-    # A row of tiles at a time into four output rows of the tiles' width 4 tw (A^T down
-    # each of a tile's six columns, then along its four rows), copied to the plane
-    # without what lies past its edge.
-    cdef floating* rows = <floating*> malloc(16 * tw * sizeof(floating))
-    cdef floating p[24]  # A^T m of one tile: 4 rows of 6
-    cdef const floating* mt
-    cdef Py_ssize_t ty, tx, i, j
-    for ty in range(th):
-        for tx in range(tw):
-            mt = m + ty * tw + tx
-            for j in range(6):
-                _at6(mt + j * k_stride, 6 * k_stride, p + j, 6, 0)
-            for i in range(4):
-                _at6(p + 6 * i, 1, rows + i * 4 * tw + 4 * tx, 1, bias)
-        for i in range(4):
-            if 4 * ty + i < Ho:
-                memcpy(plane + (4 * ty + i) * Wo, rows + i * 4 * tw, Wo * sizeof(floating))
-    free(rows)
-
-
-cdef void _output_grad_tiles4(const floating* plane, Py_ssize_t Ho, Py_ssize_t Wo,
-                              Py_ssize_t th, Py_ssize_t tw, floating* dm,
-                              Py_ssize_t k_stride) noexcept nogil:
-    """dm = A dy A^T of every 4x4 tile dy of the plane (zero past its edge)."""
-    cdef floating y[16]
-    cdef floating q[24]  # A dy: 6 rows of 4
-    cdef floating* out
-    cdef Py_ssize_t ty, tx, i, j, rows, cols
-    for ty in range(th):
-        rows = min(4, Ho - 4 * ty)
-        for tx in range(tw):
-            cols = min(4, Wo - 4 * tx)
-            for i in range(4):
-                for j in range(4):
-                    y[4 * i + j] = (plane[(4 * ty + i) * Wo + 4 * tx + j]
-                                    if i < rows and j < cols else 0)
-            for j in range(4):
-                _a6(y + j, 4, q + j, 4)
-            out = dm + ty * tw + tx
-            for i in range(6):
-                _a6(q + 4 * i, 1, out + 6 * i * k_stride, k_stride)
-
-
-cdef void _input_grad_tiles4(const floating* v, Py_ssize_t k_stride, floating* plane,
-                             Py_ssize_t H, Py_ssize_t W, int pad, Py_ssize_t th,
-                             Py_ssize_t tw) noexcept nogil:
-    """plane = the sum over tiles of B v B^T at each tile's input position."""
-    # As _input_grad_tiles: a row of tiles at a time, u_i = row i of v B^T over the
-    # tiles' width L = 4 tw + 2 (neighbouring tiles overlap by two columns and add up
-    # there), then B down u's six rows gives the six input rows, added to the plane where
-    # they lie inside it.
-    cdef Py_ssize_t L = 4 * tw + 2
-    cdef floating* u = <floating*> malloc(6 * L * sizeof(floating))
-    cdef floating b[6]
-    cdef floating* ui
-    cdef floating* u0
-    cdef floating* u1
-    cdef floating* u2
-    cdef floating* u3
-    cdef floating* u4
-    cdef floating* u5
+    # A^T down the tiles' six columns j (p: 4 rows a x 6 columns j of the nc T tiles), then
+    # along the four rows a (y: 4 x 4, the bias added), then each output row's tiles side
+    # by side into its plane; by way of a row buffer where the last tile reaches past the
+    # edge (a memcpy a row for every row cost a third of the transform at 16 x 16).
+    cdef Py_ssize_t T = th * tw, Tn = nc * T
+    cdef floating* p = <floating*> malloc((40 * Tn + 4 * tw) * sizeof(floating))
+    cdef floating* y = p + 24 * Tn  # y[(4 a + b) Tn + t]
+    cdef floating* row = y + 16 * Tn  # one output row of the tiles' width 4 tw
     cdef floating* dst
-    cdef Py_ssize_t ty, tx, i, k, y, x, x_lo, x_hi
+    cdef Py_ssize_t n, ty, j, a
+    for j in range(6):  # p[(6 a + j) Tn + t]
+        _at6_rows(m + j * k_stride, 6 * k_stride, p + j * Tn, 6 * Tn, 0, Tn)
+    for a in range(4):
+        _at6_rows(p + 6 * a * Tn, Tn, y + 4 * a * Tn, Tn, bias, Tn)
+    for n in range(nc):
+        for ty in range(th):
+            for a in range(min(4, Ho - 4 * ty)):
+                dst = out + n * sample_stride + (4 * ty + a) * Wo
+                if Wo == 4 * tw:
+                    _join_quads(y + 4 * a * Tn + n * T + ty * tw, Tn, dst, tw)
+                else:
+                    _join_quads(y + 4 * a * Tn + n * T + ty * tw, Tn, row, tw)
+                    memcpy(dst, row, Wo * sizeof(floating))
+    free(p)
+
+
+cdef void _output_grad_tiles4(const floating* dout, Py_ssize_t sample_stride, Py_ssize_t nc,
+                              Py_ssize_t Ho, Py_ssize_t Wo, Py_ssize_t th, Py_ssize_t tw,
+                              floating* dm, Py_ssize_t k_stride, double* sums,
+                              Py_ssize_t sums_stride) noexcept nogil:
+    """dm = A dy A^T of every 4x4 tile dy of the nc planes (zero past their edges), and
+    sums[n sums_stride] = the sum of plane n."""
+    # The tiles' 16 values split into y (4 rows a x 4 columns b of the nc T tiles), then A
+    # down the columns (q: 6 rows i x 4 columns b), then A along the rows into dm's planes.
+    cdef Py_ssize_t T = th * tw, Tn = nc * T
+    cdef floating* y = <floating*> malloc(40 * Tn * sizeof(floating))  # y[(4 a + b) Tn + t]
+    cdef floating* q = y + 16 * Tn  # q[(4 i + b) Tn + t]
+    cdef const floating* plane
+    cdef Py_ssize_t n, ty, a, b, i
+    for n in range(nc):
+        plane = dout + n * sample_stride
+        for ty in range(th):
+            for a in range(4):
+                if 4 * ty + a < Ho:
+                    _split_quads(plane + (4 * ty + a) * Wo, Wo,
+                                 y + 4 * a * Tn + n * T + ty * tw, Tn, tw)
+                else:
+                    for b in range(4):
+                        memset(y + (4 * a + b) * Tn + n * T + ty * tw, 0,
+                               tw * sizeof(floating))
+        sums[n * sums_stride] = _sum(plane, Ho * Wo)
+    for b in range(4):
+        _a6_rows(y + b * Tn, 4 * Tn, q + b * Tn, 4 * Tn, Tn)
+    for i in range(6):
+        _a6_rows(q + 4 * i * Tn, Tn, dm + 6 * i * k_stride, k_stride, Tn)
+    free(y)
+
+
+cdef void _input_grad_tiles4(const floating* v, Py_ssize_t k_stride, floating* dx,
+                             Py_ssize_t sample_stride, Py_ssize_t nc, Py_ssize_t H,
+                             Py_ssize_t W, int pad, Py_ssize_t th,
+                             Py_ssize_t tw) noexcept nogil:
+    """Each of the nc planes = the sum over its tiles of B v B^T at each tile's input
+    position."""
+    # B along the rows of every tile's v (u: 6 rows i x 6 columns j of the nc T tiles), then
+    # down the columns (e: 6 x 6); then each input row's tiles, overlapping by two columns
+    # and adding up there, into a row of the tiles' width L = 4 tw + 2, added to the plane
+    # where it lies inside it (tiles overlap by two rows as well).
+    cdef Py_ssize_t L = 4 * tw + 2, T = th * tw, Tn = nc * T
+    cdef floating* u = <floating*> malloc((72 * Tn + L) * sizeof(floating))
+    cdef floating* e = u + 36 * Tn  # e[(6 a + j) Tn + t]
+    cdef floating* row = e + 36 * Tn
+    cdef floating* plane
+    cdef floating* dst
+    cdef Py_ssize_t n, ty, i, j, a, y, x, x_lo, x_hi
     x_lo = min(max(pad, 0), L)
     x_hi = max(min(W + pad, L), x_lo)
-    u0 = u
-    u1 = u + L
-    u2 = u + 2 * L
-    u3 = u + 3 * L
-    u4 = u + 4 * L
-    u5 = u + 5 * L
-    memset(plane, 0, H * W * sizeof(floating))
-    for ty in range(th):
-        memset(u, 0, 6 * L * sizeof(floating))
-        for i in range(6):
-            ui = u + i * L
-            for tx in range(tw):
-                _b6(v + 6 * i * k_stride + ty * tw + tx, k_stride, b)
-                for k in range(6):
-                    ui[4 * tx + k] += b[k]
-        # input rows 4 ty - pad + a, a = 0 .. 5, are the rows of B u (a loop each)
-        y = 4 * ty - pad
-        if 0 <= y < H:
-            dst = plane + y * W
-            for x in range(x_lo, x_hi):
-                dst[x - pad] += 4 * u0[x]
-        if 0 <= y + 1 < H:
-            dst = plane + (y + 1) * W
-            for x in range(x_lo, x_hi):
-                dst[x - pad] += -4 * (u1[x] - u2[x]) - 2 * (u3[x] - u4[x]) + 4 * u5[x]
-        if 0 <= y + 2 < H:
-            dst = plane + (y + 2) * W
-            for x in range(x_lo, x_hi):
-                dst[x - pad] += -5 * u0[x] - 4 * (u1[x] + u2[x]) - (u3[x] + u4[x])
-        if 0 <= y + 3 < H:
-            dst = plane + (y + 3) * W
-            for x in range(x_lo, x_hi):
-                dst[x - pad] += (u1[x] - u2[x]) + 2 * (u3[x] - u4[x]) - 5 * u5[x]
-        if 0 <= y + 4 < H:
-            dst = plane + (y + 4) * W
-            for x in range(x_lo, x_hi):
-                dst[x - pad] += u0[x] + (u1[x] + u2[x]) + (u3[x] + u4[x])
-        if 0 <= y + 5 < H:
-            dst = plane + (y + 5) * W
-            for x in range(x_lo, x_hi):
-                dst[x - pad] += u5[x]
+    for i in range(6):  # u[(6 i + j) Tn + t]
+        _b6_rows(v + 6 * i * k_stride, k_stride, u + 6 * i * Tn, Tn, Tn)
+    for j in range(6):
+        _b6_rows(u + j * Tn, 6 * Tn, e + j * Tn, 6 * Tn, Tn)
+    for n in range(nc):
+        plane = dx + n * sample_stride
+        memset(plane, 0, H * W * sizeof(floating))
+        for ty in range(th):
+            for a in range(6):
+                y = 4 * ty - pad + a
+                if 0 <= y < H:
+                    _add_columns(e + 6 * a * Tn + n * T + ty * tw, Tn, row, tw)
+                    dst = plane + y * W
+                    for x in range(x_lo, x_hi):
+                        dst[x - pad] += row[x]
     free(u)
 
 
@@ -1296,9 +1377,10 @@ def winograd_input_transform(const floating[:, :, :, ::1] x, floating[:, :, :] V
                              Py_ssize_t n0, int pad, Py_ssize_t th, Py_ssize_t tw,
                              int threads=0):
     """V (16 or 36, C, nc th tw) = B^T d B of every input tile of samples n0 .. n0 + nc,
-    for F(2x2, 3x3) or F(4x4, 3x3) by V's planes. V may be any strided view, e.g. the
-    transpose of a (planes, nc th tw, C) array: the layout that makes the backward's
-    dM V^T a GEMM without a transposed operand."""
+    for F(2x2, 3x3) or F(4x4, 3x3) by V's planes. V's tiles must be contiguous within each
+    plane, or its channels: the transpose of a (planes, nc th tw, C) array, the layout
+    that makes the backward's dM V^T a GEMM without a transposed operand. F(2x2, 3x3)
+    also takes any other strided view."""
     cdef Py_ssize_t C = x.shape[1], H = x.shape[2], W = x.shape[3]
     cdef Py_ssize_t T = th * tw
     cdef Py_ssize_t nc = V.shape[2] // T if T > 0 else 0
@@ -1308,25 +1390,30 @@ def winograd_input_transform(const floating[:, :, :, ::1] x, floating[:, :, :] V
     cdef Py_ssize_t task, n, c
     cdef int m = _require_tiles(x.shape[0], C, H + 2 * pad - 2, W + 2 * pad - 2, V.shape[0],
                                 V.shape[1], V.shape[2], n0, th, tw)
-    if m == 2 and V.strides[1] == sizeof(floating) and t_stride != 1:
+    if V.strides[1] == sizeof(floating) and t_stride != 1:
         with nogil:  # V^T's layout: a task per (sample, block of channels)
             for task in prange(nc * blocks, schedule="static", num_threads=_threads(threads)):
                 n = task // blocks
                 c = (task % blocks) * _CHANNEL_BLOCK
                 _input_tiles_across_channels(&x[n0 + n, c, 0, 0], H * W,
                                              min(_CHANNEL_BLOCK, C - c), H, W, pad, th, tw,
-                                             &V[0, c, n * T], k_stride, t_stride)
+                                             m, &V[0, c, n * T], k_stride, t_stride)
+        return
+    if m == 4:
+        _require(t_stride == 1 or V.shape[2] <= 1,
+                 "V's tiles or its channels contiguous (F(4x4, 3x3))")
+        with nogil:  # a task per channel, over the chunk's samples
+            for c in prange(C if nc > 0 else 0, schedule="static",
+                            num_threads=_threads(threads)):
+                _input_tiles4(&x[n0, c, 0, 0], C * H * W, nc, H, W, pad, th, tw, &V[0, c, 0],
+                              k_stride)
         return
     with nogil:
         for task in prange(nc * C, schedule="static", num_threads=_threads(threads)):
             n = task // C
             c = task % C
-            if m == 2:
-                _input_tiles(&x[n0 + n, c, 0, 0], H, W, pad, th, tw, &V[0, c, n * T],
-                             k_stride, t_stride)
-            else:
-                _input_tiles4(&x[n0 + n, c, 0, 0], H, W, pad, th, tw, &V[0, c, n * T],
-                              k_stride, t_stride)
+            _input_tiles(&x[n0 + n, c, 0, 0], H, W, pad, th, tw, &V[0, c, n * T], k_stride,
+                         t_stride)
 
 
 def winograd_output_transform(const floating[:, :, :] M, const floating[::1] bias,
@@ -1342,16 +1429,20 @@ def winograd_output_transform(const floating[:, :, :] M, const floating[::1] bia
     cdef int m = _require_tiles(out.shape[0], F, Ho, Wo, M.shape[0], M.shape[1], M.shape[2],
                                 n0, th, tw)
     _require(bias.shape[0] == F, "bias (F,)")
+    _require(M.shape[2] <= 1 or M.strides[2] == sizeof(floating), "M's tiles contiguous")
+    if m == 4:
+        with nogil:  # a task per filter, over the chunk's samples
+            for f in prange(F if nc > 0 else 0, schedule="static",
+                            num_threads=_threads(threads)):
+                _output_tiles4(&M[0, f, 0], k_stride, bias[f], &out[n0, f, 0, 0],
+                               F * Ho * Wo, nc, Ho, Wo, th, tw)
+        return
     with nogil:
         for task in prange(nc * F, schedule="static", num_threads=_threads(threads)):
             n = task // F
             f = task % F
-            if m == 2:
-                _output_tiles(&M[0, f, n * T], k_stride, bias[f], &out[n0 + n, f, 0, 0], Ho,
-                              Wo, th, tw)
-            else:
-                _output_tiles4(&M[0, f, n * T], k_stride, bias[f], &out[n0 + n, f, 0, 0], Ho,
-                               Wo, th, tw)
+            _output_tiles(&M[0, f, n * T], k_stride, bias[f], &out[n0 + n, f, 0, 0], Ho, Wo,
+                          th, tw)
 
 
 def winograd_output_grad_transform(const floating[:, :, :, ::1] dout, floating[:, :, :] dM,
@@ -1367,17 +1458,20 @@ def winograd_output_grad_transform(const floating[:, :, :, ::1] dout, floating[:
     cdef int m = _require_tiles(dout.shape[0], F, Ho, Wo, dM.shape[0], dM.shape[1],
                                 dM.shape[2], n0, th, tw)
     _require(bias_grad.shape[0] >= nc and bias_grad.shape[1] == F, "bias_grad (nc, F)")
+    _require(dM.shape[2] <= 1 or dM.strides[2] == sizeof(floating), "dM's tiles contiguous")
+    if m == 4:
+        with nogil:  # a task per filter, over the chunk's samples
+            for f in prange(F if nc > 0 else 0, schedule="static",
+                            num_threads=_threads(threads)):
+                _output_grad_tiles4(&dout[n0, f, 0, 0], F * Ho * Wo, nc, Ho, Wo, th, tw,
+                                    &dM[0, f, 0], k_stride, &bias_grad[0, f], F)
+        return
     with nogil:
         for task in prange(nc * F, schedule="static", num_threads=_threads(threads)):
             n = task // F
             f = task % F
-            if m == 2:
-                bias_grad[n, f] = _output_grad_tiles(&dout[n0 + n, f, 0, 0], Ho, Wo, th, tw,
-                                                     &dM[0, f, n * T], k_stride)
-            else:
-                _output_grad_tiles4(&dout[n0 + n, f, 0, 0], Ho, Wo, th, tw, &dM[0, f, n * T],
-                                    k_stride)
-                bias_grad[n, f] = _sum(&dout[n0 + n, f, 0, 0], Ho * Wo)
+            bias_grad[n, f] = _output_grad_tiles(&dout[n0 + n, f, 0, 0], Ho, Wo, th, tw,
+                                                 &dM[0, f, n * T], k_stride)
 
 
 def winograd_input_grad_transform(const floating[:, :, :] dV, floating[:, :, :, ::1] dx,
@@ -1393,17 +1487,21 @@ def winograd_input_grad_transform(const floating[:, :, :] dV, floating[:, :, :, 
     cdef Py_ssize_t task, n, c
     cdef int m = _require_tiles(dx.shape[0], C, H + 2 * pad - 2, W + 2 * pad - 2,
                                 dV.shape[0], dV.shape[1], dV.shape[2], n0, th, tw)
+    _require(dV.shape[2] <= 1 or dV.strides[2] == sizeof(floating), "dV's tiles contiguous")
+    # Each task owns its planes, so overlapping tiles need no atomics.
+    if m == 4:
+        with nogil:  # a task per channel, over the chunk's samples
+            for c in prange(C if nc > 0 else 0, schedule="static",
+                            num_threads=_threads(threads)):
+                _input_grad_tiles4(&dV[0, c, 0], k_stride, &dx[n0, c, 0, 0], C * H * W, nc, H,
+                                   W, pad, th, tw)
+        return
     with nogil:
-        # Each task owns one (sample, channel) plane, so overlapping tiles need no atomics.
         for task in prange(nc * C, schedule="static", num_threads=_threads(threads)):
             n = task // C
             c = task % C
-            if m == 2:
-                _input_grad_tiles(&dV[0, c, n * T], k_stride, &dx[n0 + n, c, 0, 0], H, W,
-                                  pad, th, tw)
-            else:
-                _input_grad_tiles4(&dV[0, c, n * T], k_stride, &dx[n0 + n, c, 0, 0], H, W,
-                                   pad, th, tw)
+            _input_grad_tiles(&dV[0, c, n * T], k_stride, &dx[n0 + n, c, 0, 0], H, W, pad, th,
+                              tw)
 
 
 # ================================================================= optimizer updates

@@ -1041,6 +1041,18 @@ def _bad_kernel_calls():
         np.zeros((2, 4, 6, 6), f4), np.zeros((16, 4, 9), f4), np.zeros((1, 4)), 2, 3, 3)
     yield "tiles", lambda: k.winograd_input_grad_transform(np.zeros((16, 16, 0), f4), x16, 0,
                                                            1, 0, 0)
+    # Tiles two apart: the kernels step through a plane's tiles one element at a time.
+    # (Ho = Wo = 6 at pad 1 is 2 x 2 tiles of F(4x4); a (36, 16, 8) array's every other
+    # tile is 4 of them.)
+    spaced = np.zeros((36, 16, 8), f4)[:, :, ::2]
+    yield "V's tiles or its channels contiguous", lambda: k.winograd_input_transform(
+        x16, spaced, 0, 1, 2, 2)
+    yield "M's tiles contiguous", lambda: k.winograd_output_transform(
+        spaced, np.zeros(16, f4), np.zeros((2, 16, 6, 6), f4), 0, 2, 2)
+    yield "dM's tiles contiguous", lambda: k.winograd_output_grad_transform(
+        np.zeros((2, 16, 6, 6), f4), spaced, np.zeros((1, 16)), 0, 2, 2)
+    yield "dV's tiles contiguous", lambda: k.winograd_input_grad_transform(spaced, x16, 0, 1,
+                                                                           2, 2)
     planes, stats = np.zeros((2, 3, 25), f4), np.zeros(3)
     yield "out (and mask, with relu) of x's shape", lambda: k.batchnorm_train_forward(
         planes, np.ones(3, f4), np.zeros(3, f4), 1e-5, True, planes, np.zeros((2, 3, 24),
