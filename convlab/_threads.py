@@ -256,6 +256,30 @@ def matmul(a, b):
     return out
 
 
+# Elements of sum_stack's output a worker takes at least: a smaller piece costs more to
+# hand over than to add.
+_SUM_PIECE = 1 << 15
+
+
+def sum_stack(stack):
+    """stack[0] + stack[1] + ... for an (S, ...) array: the terms added in stack order, as
+    np.add.reduce(stack, axis=0) adds them (the same result, bit for bit), with the output's
+    elements split among the chunk workers. The Winograd backward's filter-gradient shares
+    are one per worker, 38 MB at 16 threads for a 128 -> 128 layer: too much for one core
+    between the parallel parts of a step."""
+    out = np.empty(stack.shape[1:], dtype=stack.dtype)
+    terms = stack.reshape(len(stack), -1)  # (S, n)
+    flat = out.reshape(-1)
+    n = flat.shape[0]
+    per_worker = max(1, -(-n // max(1, min(get_num_threads(), n // _SUM_PIECE))))
+
+    def piece(e0, count, threads):
+        np.add.reduce(terms[:, e0:e0 + count], axis=0, out=flat[e0:e0 + count])
+
+    map_chunks(piece, [(e0, min(per_worker, n - e0)) for e0 in range(0, n, per_worker)])
+    return out
+
+
 def load_kernels():
     """Import convlab._kernels under a passive OpenMP wait policy and set its thread count
     by the policy above, once: later calls return the module already loaded. Returns the

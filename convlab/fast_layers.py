@@ -36,7 +36,14 @@ from convlab._checks import (
     require_train_cache,
 )
 from convlab._heap import keep_freed_memory
-from convlab._threads import chunk_workers, get_num_threads, load_kernels, map_chunks, matmul
+from convlab._threads import (
+    chunk_workers,
+    get_num_threads,
+    load_kernels,
+    map_chunks,
+    matmul,
+    sum_stack,
+)
 from convlab.backend import is_host
 from convlab.gather_layers import (
     avg_pool_backward_gather,
@@ -402,7 +409,7 @@ def _conv_backward_winograd(x, w, grad, pad, dx):
     for first in range(0, len(chunks), slots):
         round_chunks = chunks[first:first + slots]
         map_chunks(chunk, round_chunks)
-        shares_sum = np.add.reduce(dU_shares[:len(round_chunks)], axis=0)  # (planes, F, C)
+        shares_sum = sum_stack(dU_shares[:len(round_chunks)])  # (planes, F, C)
         dU = shares_sum if dU is None else np.add(dU, shares_sum, out=dU)
     dw = np.zeros((F, C, 3, 3), dtype=x.dtype) if dU is None else _winograd_filter_grad(dU, m)
     return dw, bias_parts.sum(axis=0)

@@ -148,6 +148,27 @@ def test_matmul_on_the_workers_equals_numpy(restore_threads, threads, a_shape, b
     assert _threads.matmul(a.astype(np.float32), b.astype(np.float32)).dtype == np.float32
 
 
+@pytest.mark.parametrize("threads", [1, 2, 3])
+@pytest.mark.parametrize("shape", [(5, 3, 7, 11), (1, 4), (3, 0), (4, 70_001)])
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_sum_stack_adds_in_stack_order_whatever_the_split(restore_threads, monkeypatch, threads,
+                                                          shape, dtype):
+    import numpy as np
+
+    _threads.set_num_threads(threads)
+    monkeypatch.setattr(_threads, "_SUM_PIECE", 8)  # pieces of small stacks too
+    rng = np.random.default_rng(threads)
+    # Terms of very different sizes, so that another order of additions rounds otherwise.
+    stack = (rng.standard_normal(shape) * 10.0 ** rng.integers(-8, 8, shape)).astype(dtype)
+    total = _threads.sum_stack(stack)
+    assert total.shape == shape[1:] and total.dtype == stack.dtype
+    assert np.array_equal(total, np.add.reduce(stack, axis=0))
+    by_hand = stack[0].copy()
+    for term in stack[1:]:
+        by_hand += term
+    assert np.array_equal(total, by_hand)
+
+
 def test_workers_handle_floating_point_errors_as_the_caller_asked(restore_threads):
     import warnings
 
