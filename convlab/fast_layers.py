@@ -117,11 +117,11 @@ _WINOGRAD4_MIN_SIZE = 4
 # Winograd works on much smaller chunks than im2col: its transformed input and products of a
 # chunk then stay in the L2/L3 caches from transform to GEMM to transform, which measured
 # 2x faster at 1-2 MB than at 24 MB (reference net, batch 64, one core). The budget is each
-# chunk's, whatever the thread count: a chunk stays on one core, in that core's own L2. The
-# reference net's five Winograd layers, forward + backward, batch 64, measured best at
-# 1-1.5 MB a chunk on one thread and on two (2 MB: +8% on one thread; 0.5 MB: +6% on one,
-# +13% on two).
-_WINOGRAD_CHUNK_BYTES = 1 << 20
+# chunk's, whatever the thread count: a chunk stays on one core, in that core's own L2.
+# Since the F(4x4, 3x3) transforms run over all of a chunk's samples at once, the reference
+# step (batch 64) measured best at 2-3 MB a chunk: 1 MB took 7% longer on one thread and on
+# two, 0.5 MB 17% (native OpenBLAS kernel, 3 alternating rounds).
+_WINOGRAD_CHUNK_BYTES = 2 << 20
 # At most this much memory holds the Winograd backward's per-chunk shares of the filter
 # gradient (more than all shares of the reference net's layers: 7 MiB at 64 -> 128
 # channels, 8x8, batch 64 on two threads).
