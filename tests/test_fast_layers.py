@@ -277,6 +277,28 @@ def test_1x1_conv_matches_naive(rng, threads, monkeypatch, geometry, dtype, bias
             assert grad.dtype == dtype and relative_to(want, grad) < tol
 
 
+@pytest.mark.parametrize("geometry", [
+    (9, 3, 12, 12, 5, 3, 3, 1, 1),  # K = 27 <= P = 144: a GEMM per sample by default
+    (9, 12, 8, 8, 7, 3, 3, 2, 1),  # K = 108 > P = 16: one GEMM per chunk by default
+    (4, 6, 5, 5, 3, 1, 1, 2, 0),  # 1x1 strided, P = 9 > K = 6
+])
+@pytest.mark.parametrize("per_sample", [True, False], ids=["per sample", "per chunk"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("need_dx", [True, False])
+def test_im2col_gemms_per_sample_and_per_chunk_match_naive(rng, monkeypatch, threads,
+                                                           geometry, per_sample, dtype,
+                                                           need_dx):
+    x, w, b, conv_param = conv_inputs(rng, geometry)
+    monkeypatch.setattr(fl, "_CHUNK_BYTES", 3000)  # a few samples a chunk, several chunks
+    monkeypatch.setattr(fl, "_per_sample_gemms", lambda K, P: per_sample)
+    _check_against_naive(x, w, b, conv_param, dtype, need_dx)
+
+
+def test_im2col_runs_a_gemm_per_sample_while_positions_outnumber_weights():
+    assert fl._per_sample_gemms(27, 1024) and fl._per_sample_gemms(72, 72)
+    assert not fl._per_sample_gemms(576, 16) and not fl._per_sample_gemms(147, 121)
+
+
 @pytest.mark.parametrize("chunk_bytes", [1, 5000, 1 << 30])
 def test_conv_fast_is_independent_of_chunking(rng, monkeypatch, chunk_bytes):
     x, w, b, conv_param = conv_inputs(rng, (7, 3, 6, 5, 4, 3, 3, 1, 1))
