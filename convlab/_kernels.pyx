@@ -138,6 +138,9 @@ cdef inline void _gather_plane(const floating* plane, floating* dst, Py_ssize_t 
             memset(out_row, 0, x_lo * sizeof(floating))
         if stride == 1:
             memcpy(out_row + x_lo, plane + src_row + x_lo, (x_hi - x_lo) * sizeof(floating))
+        elif stride == 2:  # a constant stride, which the compiler vectorises
+            for xo in range(x_lo, x_hi):
+                out_row[xo] = plane[src_row + 2 * xo]
         else:
             for xo in range(x_lo, x_hi):
                 out_row[xo] = plane[src_row + xo * stride]
