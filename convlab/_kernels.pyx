@@ -677,27 +677,11 @@ def batchnorm_train_backward(const floating[:, :, ::1] dout, const floating[:, :
 #           [0  1  0 -1]
 
 
-cdef inline void _load_tile(const floating* plane, Py_ssize_t H, Py_ssize_t W, Py_ssize_t y0,
-                            Py_ssize_t x0, floating* d) noexcept nogil:
-    """d[4 i + j] = plane[y0 + i, x0 + j], zero outside the plane."""
-    cdef Py_ssize_t i, j, y, x
-    if y0 >= 0 and x0 >= 0 and y0 + 4 <= H and x0 + 4 <= W:
-        for i in range(4):
-            for j in range(4):
-                d[4 * i + j] = plane[(y0 + i) * W + x0 + j]
-        return
-    for i in range(4):
-        y = y0 + i
-        for j in range(4):
-            x = x0 + j
-            d[4 * i + j] = plane[y * W + x] if 0 <= y < H and 0 <= x < W else 0
-
-
-# The per-plane loops: each is called by one parallel task and keeps its 4x4 tiles in local
-# arrays of its own (a C array declared in a prange's function would be shared by threads).
-# ``k_stride`` is the distance between V's (or M's) 16 planes k, V.strides[0] in elements
-# (the Python side may pad it); within a plane k the (C, tiles) matrix must be C-contiguous.
-# The pointer is at tile 0 of the (channel or filter, sample) the task owns.
+# The per-plane loops: each is called by one parallel task and allocates its scratch itself
+# (a C array declared in a prange's function would be shared by threads). ``k_stride`` is
+# the distance between V's (or M's) 16 planes k, V.strides[0] in elements (the Python side
+# may pad it); within a plane k the (C, tiles) matrix must be C-contiguous. The pointer is
+# at tile 0 of the (channel or filter, sample) the task owns.
 
 
 cdef inline void _bt4_rows(const floating* d0, const floating* d1, const floating* d2,
