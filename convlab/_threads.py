@@ -264,8 +264,8 @@ _SUM_PIECE = 1 << 15
 def sum_stack(stack):
     """stack[0] + stack[1] + ... for an (S, ...) array: the terms added in stack order, as
     np.add.reduce(stack, axis=0) adds them (the same result, bit for bit), with the output's
-    elements split among the chunk workers. The Winograd backward's filter-gradient shares
-    are one per worker, 38 MB at 16 threads for a 128 -> 128 layer: too much for one core
+    elements split among the chunk workers. The Winograd backward's filter-gradient shares,
+    one per chunk, are 38 MB at 16 threads for a 128 -> 128 layer: too much for one core
     between the parallel parts of a step."""
     out = np.empty(stack.shape[1:], dtype=stack.dtype)
     terms = stack.reshape(len(stack), -1)  # (S, n)
