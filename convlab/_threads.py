@@ -242,8 +242,6 @@ def matmul(a, b):
     affine layers never wake OpenBLAS's own threads (see the module docstring)."""
     M, N = a.shape[0], b.shape[1]
     out = np.empty((M, N), dtype=np.result_type(a, b))
-    length = max(M, N)
-    per_worker = max(1, -(-length // get_num_threads()))
 
     def rows(r0, count, threads):
         np.matmul(a[r0:r0 + count], b, out=out[r0:r0 + count])
@@ -251,9 +249,15 @@ def matmul(a, b):
     def columns(c0, count, threads):
         np.matmul(a, b[:, c0:c0 + count], out=out[:, c0:c0 + count])
 
-    map_chunks(rows if M >= N else columns,
-               [(i0, min(per_worker, length - i0)) for i0 in range(0, length, per_worker)])
+    map_chunks(rows if M >= N else columns, _ranges(max(M, N), get_num_threads()))
     return out
+
+
+def _ranges(length, pieces):
+    """(start, count) pairs of at most ``pieces`` (>= 1) ranges of about equal size that
+    cover 0 .. length, in order."""
+    per_piece = max(1, -(-length // pieces))
+    return [(i0, min(per_piece, length - i0)) for i0 in range(0, length, per_piece)]
 
 
 # Elements of sum_stack's output a worker takes at least: a smaller piece costs more to
@@ -271,12 +275,11 @@ def sum_stack(stack):
     terms = stack.reshape(len(stack), -1)  # (S, n)
     flat = out.reshape(-1)
     n = flat.shape[0]
-    per_worker = max(1, -(-n // max(1, min(get_num_threads(), n // _SUM_PIECE))))
 
     def piece(e0, count, threads):
         np.add.reduce(terms[:, e0:e0 + count], axis=0, out=flat[e0:e0 + count])
 
-    map_chunks(piece, [(e0, min(per_worker, n - e0)) for e0 in range(0, n, per_worker)])
+    map_chunks(piece, _ranges(n, max(1, min(get_num_threads(), n // _SUM_PIECE))))
     return out
 
 

@@ -610,6 +610,7 @@ def _conv_backward(grad, cache, need_dx):
                 np.matmul(w_rows_t, grad_samples, out=dx[n0:n0 + nc].reshape(nc, C, P))
             return share
         cols = _columns(x, n0, nc, w.shape, stride, pad, Ho, Wo, threads)  # (nc, K + 1, P)
+        cols_flat = _sample_major(cols)  # (K + 1, nc P), the same memory
         # [dw^T; db] = the sum over samples of cols dout^T: the ones row gives db. The
         # columns are then no longer needed: their buffer receives the column gradients.
         if _per_sample_gemms(K, P):
@@ -620,12 +621,12 @@ def _conv_backward(grad, cache, need_dx):
         else:  # one GEMM each over the chunk's nc P columns
             grads = _scratch("conv_grad_columns", (F, nc * P), x.dtype)
             grads.reshape(F, nc, P)[...] = grad_samples.transpose(1, 0, 2)
-            share = np.matmul(_sample_major(cols), grads.T).astype(np.float64)  # (K + 1, F)
+            share = np.matmul(cols_flat, grads.T).astype(np.float64)  # (K + 1, F)
             if need_dx:
-                np.matmul(w_rows_t, grads, out=_sample_major(cols)[:K])
+                np.matmul(w_rows_t, grads, out=cols_flat[:K])
         if need_dx:
-            _kernels.col2im_samples(_sample_major(cols)[:K], dx, n0, HH, WW, pad, stride, Ho,
-                                    Wo, threads)
+            _kernels.col2im_samples(cols_flat[:K], dx, n0, HH, WW, pad, stride, Ho, Wo,
+                                    threads)
         return share
 
     # The chunks' shares summed in chunk order: the same result whichever worker ran which
